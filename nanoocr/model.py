@@ -1,0 +1,152 @@
+"""
+NanoDeepseekOCR: views -> SAM -> compressor -> CLIP -> [CLIP tokens | SAM tokens] -> linear projector
+-> 2D layout (a newline vector after each grid row, one separator per image) -> written into the
+decoder's input embeddings at the <|image|> positions -> nanochat GPT.
+"""
+
+import torch
+import torch.nn as nn
+
+from nanoocr.clip import ClipTrunk
+from nanoocr.gpt import GPT
+from nanoocr.sam import SamEncoder
+
+# parameter groups by name prefix: what freeze policies, checkpoints and reports talk about
+PARTS = {
+    "sam": ("sam_model.patch_embed", "sam_model.pos_embed", "sam_model.blocks", "sam_model.neck"),
+    "compressor": ("sam_model.net_2", "sam_model.net_3"),
+    "clip": ("vision_model.",),
+    "projector": ("projector.", "image_newline", "view_separator"),
+    "gpt": ("gpt.",),
+}
+
+
+def part_of(name):
+    for part, prefixes in PARTS.items():
+        if name.startswith(prefixes):
+            return part
+    raise KeyError(f"parameter {name!r} belongs to no part")
+
+
+def _trains(params):
+    return any(p.requires_grad for p in params)
+
+
+class Projector(nn.Module):
+    def __init__(self, in_dim, out_dim):
+        super().__init__()
+        self.layers = nn.Linear(in_dim, out_dim)  # DeepSeek's projector_type="linear"
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class NanoDeepseekOCR(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg.validate()
+        self.sam_model = SamEncoder(cfg.sam)
+        self.vision_model = ClipTrunk(cfg.clip)
+        n_embd = cfg.gpt.n_embd
+        self.projector = Projector(cfg.clip.dim + cfg.sam.out_dim, n_embd)
+        self.image_newline = nn.Parameter(torch.zeros(n_embd))
+        self.view_separator = nn.Parameter(torch.zeros(n_embd))
+        self.gpt = GPT(cfg.gpt)
+        self.image_token_id = None  # set from the tokenizer; None means text-only use
+
+    @torch.no_grad()
+    def init_weights(self):
+        for m in list(self.sam_model.modules()) + list(self.vision_model.modules()) + [self.projector.layers]:
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+        nn.init.trunc_normal_(self.sam_model.pos_embed, std=0.02)
+        nn.init.normal_(self.vision_model.embeddings.class_embedding, std=0.02)
+        std = self.config.gpt.n_embd ** -0.5
+        nn.init.normal_(self.image_newline, std=std)
+        nn.init.normal_(self.view_separator, std=std)
+        self.gpt.init_weights()
+        return self
+
+    def encode_views(self, x):
+        """(N, 3, S, S) views -> (N, g, g, n_embd) projected vision tokens."""
+        # frozen stages run without autograd until the first stage that trains
+        sam_model = self.sam_model
+        grad = torch.is_grad_enabled() and _trains(sam_model.trunk_parameters())
+        with torch.set_grad_enabled(grad):
+            sam = sam_model.trunk(x)
+        grad = grad or (torch.is_grad_enabled() and _trains(sam_model.compressor_parameters()))
+        with torch.set_grad_enabled(grad):
+            sam = sam_model.compress(sam)  # (N, C, g, g)
+        grad = grad or (torch.is_grad_enabled() and _trains(self.vision_model.parameters()))
+        with torch.set_grad_enabled(grad):
+            clip = self.vision_model(patch_embeds=sam)  # (N, 1 + g*g, C)
+        N, C, g, _ = sam.shape
+        feats = torch.cat([clip[:, 1:], sam.flatten(2).transpose(1, 2)], -1)  # (N, g*g, 2C)
+        return self.projector(feats).view(N, g, g, -1)
+
+    def _with_newlines(self, grid):
+        # (..., rows, cols, D) -> (..., rows * (cols + 1), D)
+        nl = self.image_newline.to(grid.dtype).expand(*grid.shape[:-2], 1, grid.shape[-1])
+        x = torch.cat([grid, nl], -2)
+        return x.flatten(-3, -2)
+
+    def check_views(self, views):
+        sizes = self.config.sizes
+        g, c = views.global_views.shape, views.crops.shape
+        if len(g) != 4 or g[1] != 3 or g[2] != g[3] or g[3] not in sizes.values():
+            raise ValueError(f"global views have shape {tuple(g)}; expected (N, 3, S, S) with S one of "
+                             f"{sorted(set(sizes.values()))}")
+        n_crops = sum(w * h for w, h in views.tiles if w * h > 1)
+        if c[0] != n_crops or (n_crops and tuple(c[1:]) != (3, sizes["small"], sizes["small"])):
+            raise ValueError(f"crops have shape {tuple(c)}; the tiles {views.tiles} need "
+                             f"({n_crops}, 3, {sizes['small']}, {sizes['small']})")
+        if g[0] != len(views.tiles):
+            raise ValueError(f"{g[0]} global views but tiles for {len(views.tiles)} images")
+
+    def encode_images(self, views):
+        """ViewBatch -> list of (n_tokens_i, n_embd), one per image, in the 2D layout."""
+        self.check_views(views)
+        glob = self._with_newlines(self.encode_views(views.global_views))  # (N, gg*(gg+1), D)
+        sep = self.view_separator.to(glob.dtype)[None]
+        local = self.encode_views(views.crops) if views.crops.shape[0] else None
+        out, c0 = [], 0
+        for i, (w, h) in enumerate(views.tiles):
+            parts = []
+            if w * h > 1:
+                tiles = local[c0:c0 + w * h]  # (h*w, gc, gc, D), row-major tiles
+                c0 += w * h
+                gc, D = tiles.shape[1], tiles.shape[-1]
+                grid = tiles.view(h, w, gc, gc, D).permute(0, 2, 1, 3, 4).reshape(h * gc, w * gc, D)
+                parts.append(self._with_newlines(grid))
+            parts += [glob[i], sep]
+            out.append(torch.cat(parts))
+        return out
+
+    def embed(self, idx, vision=None):
+        """Decoder input embeddings with the vision tokens written over the <|image|> positions."""
+        x = self.gpt.transformer.wte(idx)
+        if vision is None:
+            return x
+        vision = torch.cat(vision) if isinstance(vision, (list, tuple)) else vision
+        mask = idx == self.image_token_id
+        n_slots = int(mask.sum())
+        if n_slots != vision.shape[0]:
+            raise ValueError(f"the batch has {n_slots} <|image|> placeholders but the images produced "
+                             f"{vision.shape[0]} vision tokens")
+        return x.masked_scatter(mask[..., None], vision.to(x.dtype))
+
+    def forward(self, idx, targets=None, views=None, kv_cache=None, loss_reduction="mean"):
+        """idx (B, T); views: a ViewBatch for the images of all rows in order (None for text-only)."""
+        vision = self.encode_images(views) if views is not None else None
+        embeds = self.embed(idx, vision)
+        return self.gpt(embeds=embeds, targets=targets, kv_cache=kv_cache, loss_reduction=loss_reduction)
+
+    def param_counts(self):
+        counts = dict.fromkeys(PARTS, 0)
+        for name, p in self.named_parameters():
+            counts[part_of(name)] += p.numel()
+        return counts

@@ -1,0 +1,135 @@
+"""
+Model configurations. The full DeepSeek-OCR/d20 model and the small CPU models are the same code
+with different numbers: every preset keeps the topology (SAM ViT with windowed + global blocks,
+neck, two stride-2 convs, a CLIP trunk fed by the SAM map, a linear projector, a nanochat GPT).
+"""
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class SamConfig:
+    patch_size: int = 16
+    pos_grid: int = 64  # side of the pretrained absolute position grid (1024 / 16)
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    window_size: int = 14
+    global_blocks: tuple = (2, 5, 8, 11)
+    neck_dim: int = 256
+    net2_dim: int = 512
+    out_dim: int = 1024  # net_3 channels; must equal the CLIP width (the map becomes CLIP's patch embeddings)
+
+
+@dataclass
+class ClipConfig:
+    dim: int = 1024
+    depth: int = 24
+    heads: int = 16
+    mlp_dim: int = 4096
+    pos_grid: int = 16  # 224 / 14: the learned position grid (plus one CLS position)
+    patch_size: int = 14  # only the ordinary pixel path uses it
+
+
+@dataclass
+class GPTConfig:
+    sequence_len: int = 2048
+    vocab_size: int = 65542  # nanochat's 65536 + our 6 special tokens (<|image|>, grounding tokens)
+    n_layer: int = 20
+    n_head: int = 16
+    n_kv_head: int = 16
+    n_embd: int = 1280
+
+
+@dataclass
+class OCRConfig:
+    sam: SamConfig = field(default_factory=SamConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    gpt: GPTConfig = field(default_factory=GPTConfig)
+    # view side per mode; gundam uses `small` for its local crops and `base` for its global view
+    sizes: dict = field(default_factory=lambda: {"tiny": 512, "small": 640, "base": 1024, "large": 1280})
+    min_crops: int = 2
+    max_crops: int = 6
+
+    def to_dict(self):
+        d = asdict(self)
+        d["sam"]["global_blocks"] = list(d["sam"]["global_blocks"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        d = copy.deepcopy(d)
+        parts = {"sam": SamConfig, "clip": ClipConfig, "gpt": GPTConfig}
+        kw = {}
+        for key, value in d.items():
+            if key in parts:
+                known = {f.name for f in fields(parts[key])}
+                unknown = set(value) - known
+                if unknown:
+                    raise ValueError(f"config.{key}: unknown field(s) {sorted(unknown)}")
+                if "global_blocks" in value:
+                    value["global_blocks"] = tuple(value["global_blocks"])
+                kw[key] = parts[key](**value)
+            elif key in {f.name for f in fields(cls)}:
+                kw[key] = value
+            else:
+                raise ValueError(f"config: unknown field {key!r}")
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
+    def validate(self):
+        s, c, g = self.sam, self.clip, self.gpt
+        if s.out_dim != c.dim:
+            raise ValueError(f"config: sam.out_dim ({s.out_dim}) must equal clip.dim ({c.dim})")
+        if s.dim % s.heads or c.dim % c.heads or g.n_embd % g.n_head:
+            raise ValueError("config: every width must be divisible by its number of heads")
+        if g.n_head % g.n_kv_head:
+            raise ValueError(f"config: gpt.n_head ({g.n_head}) must be a multiple of n_kv_head ({g.n_kv_head})")
+        if any(b >= s.depth for b in s.global_blocks):
+            raise ValueError(f"config: sam.global_blocks {s.global_blocks} outside depth {s.depth}")
+        if set(self.sizes) != {"tiny", "small", "base", "large"}:
+            raise ValueError(f"config: sizes must name tiny, small, base, large; got {sorted(self.sizes)}")
+        if not 1 <= self.min_crops <= self.max_crops <= 9:
+            raise ValueError("config: need 1 <= min_crops <= max_crops <= 9")
+        return self
+
+
+def _deepseek_d20():
+    return OCRConfig()
+
+
+def _cpu():
+    # A CPU-trainable model: patch 8 keeps enough vision tokens per line of small text at 256 px views.
+    return OCRConfig(
+        sam=SamConfig(patch_size=8, pos_grid=32, dim=96, depth=4, heads=3, window_size=8, global_blocks=(1, 3),
+                      neck_dim=64, net2_dim=96, out_dim=128),
+        clip=ClipConfig(dim=128, depth=2, heads=4, mlp_dim=512, pos_grid=8, patch_size=32),
+        gpt=GPTConfig(sequence_len=512, vocab_size=1024, n_layer=4, n_head=4, n_kv_head=4, n_embd=256),
+        sizes={"tiny": 128, "small": 160, "base": 256, "large": 320},
+    )
+
+
+def _tiny():
+    # For tests: every mechanism present (padded windows, global blocks, GQA, several grid sizes), seconds on CPU.
+    return OCRConfig(
+        sam=SamConfig(patch_size=8, pos_grid=8, dim=32, depth=2, heads=2, window_size=4, global_blocks=(1,),
+                      neck_dim=16, net2_dim=24, out_dim=32),
+        clip=ClipConfig(dim=32, depth=2, heads=2, mlp_dim=64, pos_grid=2, patch_size=32),
+        gpt=GPTConfig(sequence_len=256, vocab_size=300, n_layer=2, n_head=4, n_kv_head=2, n_embd=64),
+        sizes={"tiny": 32, "small": 40, "base": 64, "large": 80},
+    )
+
+
+PRESETS = {"deepseek-d20": _deepseek_d20, "cpu": _cpu, "tiny": _tiny}
+
+
+def get_preset(name, **gpt_overrides):
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = PRESETS[name]()
+    for k, v in gpt_overrides.items():
+        setattr(cfg.gpt, k, v)
+    return cfg.validate()
