@@ -1,0 +1,527 @@
+"""
+Our own checkpoint formats. No pickle anywhere: tensors go to safetensors, everything else to JSON.
+
+  model folder     config.json (format, OCRConfig, image_token_id, meta) + model.safetensors + tokenizer.json
+  training state   {dir}/latest.json -> {dir}/step_NNNNNN/ model.safetensors, optim.safetensors, state.json
+  deepencoder      one safetensors file: SAM + compressor + CLIP + projector (the Phase 1 -> Phase 2 handoff)
+
+Every write is atomic (temp file or temp folder, then a rename), so a crash mid-save leaves the previous
+checkpoint intact. Every read is strict: a missing or unexpected key, a wrong shape, a truncated file or a
+corrupt config is an error that names the file, the key and the shapes.
+"""
+
+import base64
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from nanoocr.model import NanoDeepseekOCR, part_of
+from nanoocr.presets import OCRConfig
+
+MODEL_FORMAT = "nanoocr-model-v1"
+TRAIN_FORMAT = "nanoocr-train-v1"
+DEEPENCODER_FORMAT = "nanoocr-deepencoder-v1"
+DEEPENCODER_PARTS = ("sam", "compressor", "clip", "projector")  # everything but the decoder
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is unreadable or does not fit the model; the message names the file."""
+
+
+# ----------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def _fsync_dir(path):
+    # the rename itself must reach the disk too, or a crash can undo it
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temp path next to `path`; when the block succeeds it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data):
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path, obj):
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def _replace_dir(tmp, dest):
+    """Move the finished folder `tmp` to `dest`. Linux cannot swap two folders in one step, so the old one
+    is renamed aside first: a crash in between leaves both complete folders on disk, never a mixed one."""
+    tmp, dest = Path(tmp), Path(dest)
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _temp_dir_for(dest):
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was renamed into place
+
+
+# ----------------------------------------------------------------------------------------------
+# reading, with errors that name the file
+
+
+def _fmt_keys(keys, limit=12):
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def read_json(path, what="JSON file"):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (expected the {what})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt {what}: {e}") from None
+
+
+def read_safetensors(path, device="cpu", keys=None):
+    """{name: tensor} of a safetensors file (only `keys` when given), and its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            names = list(f.keys()) if keys is None else [k for k in f.keys() if k in keys]
+            return {k: f.get_tensor(k) for k in names}, (f.metadata() or {})
+    except Exception as e:  # SafetensorError for truncated/corrupt files, OSError for unreadable ones
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") \
+            from None
+
+
+def check_state_dict(expected, got, source):
+    """Strict key and shape check: expected/got map names to tensors or shapes; raises naming the file."""
+    shape = lambda v: tuple(v.shape) if hasattr(v, "shape") else tuple(v)
+    missing, unexpected = set(expected) - set(got), set(got) - set(expected)
+    errors = []
+    if missing:
+        errors.append(f"missing {len(missing)} key(s): {_fmt_keys(missing)}")
+    if unexpected:
+        errors.append(f"unexpected {len(unexpected)} key(s): {_fmt_keys(unexpected)}")
+    for k in sorted(set(expected) & set(got)):
+        if shape(expected[k]) != shape(got[k]):
+            errors.append(f"{k}: shape {shape(got[k])} in the file but {shape(expected[k])} in the model")
+    if errors:
+        raise CheckpointError(f"{source}: " + "; ".join(errors))
+
+
+def _tensors_for_save(state):
+    """Contiguous CPU tensors, none sharing storage (safetensors refuses shared memory)."""
+    out, seen = {}, set()
+    for k, t in state.items():
+        t = t.detach().cpu()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen or not t.is_contiguous():
+            t = t.clone(memory_format=torch.contiguous_format)
+        seen.add(t.untyped_storage().data_ptr())
+        out[k] = t
+    return out
+
+
+def write_safetensors(path, tensors, metadata=None):
+    with atomic_path(path) as tmp:
+        meta = {k: str(v) for k, v in (metadata or {}).items()}
+        save_file(_tensors_for_save(tensors), str(tmp), metadata=meta)
+
+
+def _unwrap(model):
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face repo ids instead of local folders
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_dir(path, what, allow_patterns=None):
+    """A local folder as is; an "org/name" that is not one is fetched with huggingface_hub when that is
+    installed and online. Any failure says how to pass a local folder instead."""
+    p = Path(path).expanduser()
+    if p.exists() or not _REPO_ID.match(str(path)):
+        return p
+    hint = (f"Pass a local folder instead: download it where you have network access (for example "
+            f"`hf download {path} --local-dir DIR`) and give DIR.")
+    try:
+        from huggingface_hub import constants, snapshot_download
+    except ImportError:
+        raise FileNotFoundError(f"{path}: no such local {what}, and huggingface_hub is not installed to "
+                                f"fetch it as a Hugging Face repo id. {hint}") from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline or getattr(constants, "HF_HUB_OFFLINE", False):
+        raise FileNotFoundError(f"{path}: no such local {what}, and the Hugging Face Hub is offline "
+                                f"(HF_HUB_OFFLINE). {hint}")
+    try:
+        return Path(snapshot_download(str(path), allow_patterns=allow_patterns))
+    except Exception as e:
+        raise FileNotFoundError(f"{path}: no such local {what}, and fetching it as a Hugging Face repo id "
+                                f"failed ({type(e).__name__}: {e}). {hint}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# the model folder
+
+
+def save_model(model, out_dir, tokenizer=None, meta=None):
+    """Write config.json + model.safetensors (+ tokenizer.json) into `out_dir`, replacing it atomically."""
+    model = _unwrap(model)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").exists())):
+        raise FileExistsError(f"{out}: exists and is not a model folder; refusing to replace it")
+    image_id = model.image_token_id
+    if tokenizer is not None:
+        tok_id = tokenizer.image_id
+        if image_id is not None and tok_id is not None and image_id != tok_id:
+            raise ValueError(f"model.image_token_id is {image_id} but the tokenizer's <|image|> is {tok_id}")
+        image_id = image_id if image_id is not None else tok_id
+        if tokenizer.vocab_size > model.config.gpt.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the decoder only "
+                             f"{model.config.gpt.vocab_size} embedding rows")
+    config = {"format": MODEL_FORMAT, "config": model.config.to_dict(), "image_token_id": image_id,
+              "meta": meta or {}}
+    try:
+        config_bytes = (json.dumps(config, indent=2) + "\n").encode()
+    except TypeError as e:
+        raise TypeError(f"save_model: meta must be JSON-serialisable ({e})") from None
+    with _temp_dir_for(out) as tmp:
+        write_safetensors(tmp / "model.safetensors", model.state_dict(), {"format": MODEL_FORMAT})
+        if tokenizer is not None:
+            tokenizer.save(str(tmp))
+            if not (tmp / "tokenizer.json").is_file():
+                raise RuntimeError(f"{type(tokenizer).__name__}.save wrote no tokenizer.json")
+        atomic_write_bytes(tmp / "config.json", config_bytes)
+        _replace_dir(tmp, out)
+    return out
+
+
+def _fill_buffers(model, device):
+    """Non-persistent buffers are not in the file: after a meta-device build they must be recomputed."""
+    gpt = model.gpt
+    cos, sin = gpt._rotary(gpt.cos.shape[0], gpt.head_dim)  # the length GPT.__init__ chose
+    gpt.cos, gpt.sin = cos.to(device), sin.to(device)
+    left = [n for n, b in model.named_buffers() if b.is_meta]
+    if left:
+        raise RuntimeError(f"load_model: cannot rebuild the buffer(s) {left}; teach checkpoint._fill_buffers")
+
+
+def load_model(model_dir, device="cpu", dtype=None):
+    """(model, tokenizer or None, meta) from a folder written by save_model (or an HF repo id holding one)."""
+    d = resolve_dir(model_dir, "model folder")
+    expect = "a model folder with config.json and model.safetensors (written by save_model or import-weights)"
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: no such folder; expected {expect}")
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path}: missing; expected {expect}")
+    doc = read_json(cfg_path, "model config")
+    if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise CheckpointError(f"{cfg_path}: format is {found!r}, expected {MODEL_FORMAT!r}")
+    try:
+        cfg = OCRConfig.from_dict(doc["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: bad model config: {e}") from None
+    # Built on the meta device: no memory and no random init for weights the file overwrites (d20: 962M).
+    with torch.device("meta"):
+        model = NanoDeepseekOCR(cfg)
+    weights = d / "model.safetensors"
+    state, _ = read_safetensors(weights, device=device)
+    check_state_dict(model.state_dict(), state, weights)
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    _fill_buffers(model, device)
+    model.image_token_id = doc.get("image_token_id")
+    tokenizer = None
+    if (d / "tokenizer.json").is_file():
+        from nanoocr.tokenizer import Tokenizer
+        tokenizer = Tokenizer.from_directory(str(d))
+        if tokenizer.vocab_size > cfg.gpt.vocab_size:
+            raise CheckpointError(f"{d / 'tokenizer.json'}: {tokenizer.vocab_size} tokens but {weights} has "
+                                  f"only {cfg.gpt.vocab_size} embedding rows")
+        if model.image_token_id is not None and tokenizer.image_id != model.image_token_id:
+            raise CheckpointError(f"{d / 'tokenizer.json'}: <|image|> is id {tokenizer.image_id} but "
+                                  f"{cfg_path} says image_token_id {model.image_token_id}")
+    return model, tokenizer, doc.get("meta") or {}
+
+
+# ----------------------------------------------------------------------------------------------
+# DeepEncoder: the Phase 1 -> Phase 2 handoff
+
+
+def _deepencoder_state(model):
+    return {k: v for k, v in model.state_dict().items() if part_of(k) in DEEPENCODER_PARTS}
+
+
+def save_deepencoder(model, path):
+    """SAM, compressor, CLIP, projector, image_newline and view_separator in one safetensors file."""
+    model = _unwrap(model)
+    c = model.config
+    meta = {"format": DEEPENCODER_FORMAT, "sam": json.dumps(c.to_dict()["sam"]),
+            "clip": json.dumps(c.to_dict()["clip"]), "n_embd": c.gpt.n_embd}
+    write_safetensors(path, _deepencoder_state(model), meta)
+    return Path(path)
+
+
+@torch.no_grad()
+def load_deepencoder(model, path):
+    """Load save_deepencoder's file into `model` (strict on those keys); the decoder is left alone."""
+    model = _unwrap(model)
+    path = Path(path)
+    state, meta = read_safetensors(path)
+    if meta.get("format") != DEEPENCODER_FORMAT:
+        raise CheckpointError(f"{path}: format is {meta.get('format')!r}, expected {DEEPENCODER_FORMAT!r}")
+    ours = model.config.to_dict()
+    for part in ("sam", "clip"):
+        theirs = json.loads(meta.get(part, "{}"))
+        diff = {k: (theirs.get(k), v) for k, v in ours[part].items() if theirs.get(k) != v}
+        if diff:
+            raise CheckpointError(f"{path}: {part} config differs from the model's (file, model): {diff}")
+    expected = _deepencoder_state(model)
+    check_state_dict(expected, state, path)
+    for k, v in state.items():
+        expected[k].copy_(v)
+
+
+# ----------------------------------------------------------------------------------------------
+# training state: model + optimizer + step + extra (RNG states, data position, ...)
+
+
+def _param_names(model, optimizer):
+    names = {id(p): n for n, p in model.named_parameters()}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    return [names.get(id(p), "<not in model>") for p in params], [list(p.shape) for p in params]
+
+
+def _flatten_optimizer(optimizer):
+    """Optimizer state dict -> ({"state.{i}.{name}": tensor, "group.{g}.{key}": tensor}, JSON-able rest)."""
+    sd = optimizer.state_dict()
+    tensors, scalars, groups = {}, {}, []
+    for i, st in sd["state"].items():
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{i}.{name}"] = v
+            else:
+                scalars.setdefault(str(i), {})[name] = v
+    for gi, g in enumerate(sd["param_groups"]):
+        plain = {}
+        for key, v in g.items():
+            if torch.is_tensor(v):  # e.g. a tensor learning rate
+                tensors[f"group.{gi}.{key}"] = v
+            else:
+                plain[key] = list(v) if isinstance(v, tuple) else v
+        groups.append(plain)
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _unflatten_optimizer(optimizer, tensors, rest, source):
+    state = {}
+    for k, v in tensors.items():
+        kind, idx, name = k.split(".", 2)
+        if kind == "state":
+            state.setdefault(int(idx), {})[name] = v
+    for idx, st in rest["scalars"].items():
+        state.setdefault(int(idx), {}).update(st)
+    groups = []
+    for gi, g in enumerate(rest["param_groups"]):
+        g = dict(g)
+        for k, v in tensors.items():
+            if k.startswith(f"group.{gi}."):
+                g[k.split(".", 2)[2]] = v
+        if gi < len(optimizer.param_groups):  # betas were a tuple before JSON made them a list
+            for key, cur in optimizer.param_groups[gi].items():
+                if isinstance(cur, tuple) and isinstance(g.get(key), list):
+                    g[key] = tuple(g[key])
+        groups.append(g)
+    if len(groups) != len(optimizer.param_groups):
+        raise CheckpointError(f"{source}: {len(groups)} param groups saved, the optimizer has "
+                              f"{len(optimizer.param_groups)}")
+    return {"state": state, "param_groups": groups}
+
+
+def _step_dir(root, step):
+    return Path(root) / f"step_{step:06d}"
+
+
+def save_training_state(path_dir, step, model, optimizer, extra=None, keep=2):
+    """Write {path_dir}/step_NNNNNN/ (via a .tmp folder and a rename), then point latest.json at it.
+    A crash at any point leaves the previous checkpoint and pointer intact. Keeps the newest `keep`."""
+    model = _unwrap(model)
+    root = Path(path_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = _step_dir(root, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by a crash
+    tmp.mkdir()
+    doc = {"format": TRAIN_FORMAT, "step": int(step), "extra": extra or {}}
+    if optimizer is not None:
+        tensors, rest = _flatten_optimizer(optimizer)
+        names, shapes = _param_names(model, optimizer)
+        doc["optimizer"] = {**rest, "type": type(optimizer).__name__, "param_names": names,
+                            "param_shapes": shapes}
+        write_safetensors(tmp / "optim.safetensors", tensors, {"format": TRAIN_FORMAT})
+    try:
+        state_bytes = (json.dumps(doc, indent=2) + "\n").encode()
+    except TypeError as e:
+        shutil.rmtree(tmp)
+        raise TypeError(f"save_training_state: extra must be JSON-serialisable ({e})") from None
+    write_safetensors(tmp / "model.safetensors", model.state_dict(), {"format": TRAIN_FORMAT})
+    atomic_write_bytes(tmp / "state.json", state_bytes)
+    _replace_dir(tmp, final)
+    atomic_write_json(root / "latest.json", {"step": int(step), "dir": final.name})
+    steps = sorted((p for p in root.glob("step_*") if p.is_dir() and re.fullmatch(r"step_\d+", p.name)),
+                   key=lambda p: int(p.name[5:]))
+    stale = [p for p in root.glob("step_*.tmp") if p.is_dir()]  # from earlier crashes
+    for old in (steps[:-keep] if keep else []) + stale:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _latest_dir(path_dir):
+    root = Path(path_dir)
+    if (root / "state.json").is_file():  # a step folder itself
+        return root
+    pointer = root / "latest.json"
+    if not pointer.is_file():
+        raise FileNotFoundError(f"{root}: no training checkpoint (expected latest.json, or a step folder "
+                                f"with state.json)")
+    doc = read_json(pointer, "checkpoint pointer")
+    name = doc.get("dir") if isinstance(doc, dict) else None
+    if not name or not (root / str(name) / "state.json").is_file():
+        raise CheckpointError(f"{pointer}: points at {name!r}, which is no step folder with a state.json")
+    return root / str(name)
+
+
+def has_training_state(path_dir):
+    try:
+        _latest_dir(path_dir)
+        return True
+    except (FileNotFoundError, CheckpointError):
+        return False
+
+
+@torch.no_grad()
+def load_training_state(path_dir, model, optimizer=None):
+    """Restore model weights and optimizer state in place (the optimizer keeps its parameter objects).
+    Returns (step, extra)."""
+    model = _unwrap(model)
+    d = _latest_dir(path_dir)
+    doc = read_json(d / "state.json", "training state")
+    if doc.get("format") != TRAIN_FORMAT:
+        raise CheckpointError(f"{d / 'state.json'}: format is {doc.get('format')!r}, "
+                              f"expected {TRAIN_FORMAT!r}")
+    weights = d / "model.safetensors"
+    state, _ = read_safetensors(weights)
+    own = model.state_dict()
+    check_state_dict(own, state, weights)
+    for k, v in state.items():
+        own[k].copy_(v)
+    if optimizer is not None:
+        if "optimizer" not in doc:
+            raise CheckpointError(f"{d}: saved without optimizer state")
+        o = doc["optimizer"]
+        names, shapes = _param_names(model, optimizer)
+        if names != o["param_names"] or shapes != o["param_shapes"]:
+            diff = [(i, a, b) for i, (a, b) in enumerate(zip(o["param_names"], names)) if a != b][:5]
+            raise CheckpointError(
+                f"{d}: the optimizer state is for {len(o['param_names'])} parameters, this optimizer has "
+                f"{len(names)} (a different freeze policy?); first differences (index, saved, now): {diff}")
+        tensors, _ = read_safetensors(d / "optim.safetensors")
+        optimizer.load_state_dict(_unflatten_optimizer(optimizer, tensors, o, d / "optim.safetensors"))
+    return doc["step"], doc.get("extra", {})
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG states as JSON
+
+
+def _b64(t):
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode()
+
+
+def _unb64(s):
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+def rng_state():
+    """Python, numpy, torch CPU and CUDA generator states as a JSON-able dict."""
+    py = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    d = {"python": [py[0], list(py[1]), py[2]],
+         "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+         "torch": _b64(torch.get_rng_state())}
+    if torch.cuda.is_available():
+        d["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return d
+
+
+def set_rng_state(d):
+    if "python" in d:
+        v, state, gauss = d["python"]
+        random.setstate((v, tuple(state), gauss))
+    if "numpy" in d:
+        kind, keys, pos, has_gauss, cached = d["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "torch" in d:
+        torch.set_rng_state(_unb64(d["torch"]))
+    if d.get("cuda") and torch.cuda.is_available():
+        states = [_unb64(s) for s in d["cuda"]]
+        for i, s in enumerate(states[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)

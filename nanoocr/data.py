@@ -1,0 +1,291 @@
+"""
+Training data: sources -> a deterministic mixture -> rendered conversations + image views -> batches.
+
+Every source is indexable, and sample k of the mixture depends only on (seed, k), so a run can
+resume at any sample and every DDP rank reads its own slice without coordination. Bad samples
+(missing or broken images, empty conversations, image tokens that don't fit) are skipped and counted.
+"""
+
+import hashlib
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nanoocr.image import collate_views, make_views, num_image_tokens
+from nanoocr.prompts import prompt_text
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; the message says which file/field and why."""
+
+
+def _rng(*parts):
+    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(h, "little"))
+
+
+def _open_image(src, base):
+    if isinstance(src, Image.Image):
+        return src.convert("RGB")
+    if isinstance(src, dict) and "bytes" in src:  # datasets' encoded image form
+        import io
+        src = io.BytesIO(src["bytes"])
+    path = src if not isinstance(src, str) else (Path(base) / src if base else Path(src))
+    try:
+        with Image.open(path) as im:
+            im.load()  # force a full decode so truncated files fail here, not in the model
+            return im.convert("RGB")
+    except FileNotFoundError as e:
+        raise BadSample(f"image not found: {path}") from e
+    except Exception as e:  # PIL raises many types for bad files
+        raise BadSample(f"unreadable image {path}: {e}") from e
+
+
+def ocr_messages(text, prompt="free"):
+    return [{"role": "user", "content": prompt_text(prompt)}, {"role": "assistant", "content": text}]
+
+
+# ----------------------------------------------------------------------------- sources
+
+class JsonlSource:
+    """A JSONL manifest. Each line is either {"images": [...], "messages": [...]} or the plain OCR form
+    {"image": path, "text": ..., "prompt"?: name}. Image paths are relative to the manifest."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"manifest not found: {self.path}")
+        self.lines = self.path.read_text(encoding="utf-8").splitlines()
+        self.lines = [line for line in self.lines if line.strip()]
+
+    def __len__(self):
+        return len(self.lines)
+
+    def __getitem__(self, i):
+        where = f"{self.path}:{i + 1}"
+        try:
+            row = json.loads(self.lines[i])
+        except json.JSONDecodeError as e:
+            raise BadSample(f"{where}: invalid JSON ({e})") from e
+        if "messages" in row:
+            images, messages = row.get("images") or [], row["messages"]
+        elif "image" in row and "text" in row:
+            images, messages = [row["image"]], ocr_messages(row["text"], row.get("prompt", "free"))
+        else:
+            raise BadSample(f"{where}: needs 'messages' or 'image' + 'text'")
+        return {"images": [_open_image(s, self.path.parent) for s in images], "messages": messages, "where": where}
+
+
+class HFSource:
+    """A local Hugging Face dataset (save_to_disk folder, or parquet files) in the FineVision layout:
+    `images` (list of images) + `texts` (list of {"user": ..., "assistant": ...} turns)."""
+
+    def __init__(self, path, split="train"):
+        import datasets
+        p = Path(path)
+        if (p / "dataset_info.json").exists() or (p / "state.json").exists() or (p / "dataset_dict.json").exists():
+            ds = datasets.load_from_disk(str(p))
+            self.ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+        else:
+            files = sorted(str(f) for f in ([p] if p.is_file() else p.rglob("*.parquet")))
+            if not files:
+                raise FileNotFoundError(f"no dataset (save_to_disk folder or parquet files) at {p}")
+            self.ds = datasets.load_dataset("parquet", data_files=files, split="train")
+        self.path = p
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        row, where = self.ds[i], f"{self.path}[{i}]"
+        messages = []
+        for turn in row.get("texts") or []:
+            messages += [{"role": "user", "content": turn.get("user", "")},
+                         {"role": "assistant", "content": turn.get("assistant", "")}]
+        images = [_open_image(im, None) for im in row.get("images") or []]
+        # FineVision turns don't mark where the image goes: put all images before the first question
+        if images and messages and "<image>" not in messages[0]["content"]:
+            messages[0]["content"] = "<image>\n" * len(images) + messages[0]["content"]
+        return {"images": images, "messages": messages, "where": where}
+
+
+class TextChatSource(JsonlSource):
+    """Text-only chat JSONL (SmolTalk style: {"messages": [...]}), mixed in to keep the decoder's language."""
+
+    def __getitem__(self, i):
+        ex = super().__getitem__(i)
+        if ex["images"]:
+            raise BadSample(f"{ex['where']}: text chat source has images")
+        return ex
+
+
+class SynthSource:
+    """Synthetic documents made on the fly: effectively infinite, sample i is always the same."""
+
+    def __init__(self, cfg=None, split="train", size=10**9):
+        from nanoocr.synth import SynthConfig
+        self.cfg, self.split, self.size = cfg or SynthConfig(), split, size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, i):
+        from nanoocr.synth import generate
+        s = generate(i, self.cfg, self.split)
+        return {"images": [s.image], "messages": ocr_messages(s.text, s.prompt), "where": f"synth:{self.split}:{i}"}
+
+
+def open_source(spec, synth_cfg=None):
+    """'synth', 'synth:heldout', a .jsonl manifest, 'text:FILE.jsonl', or a local HF dataset folder."""
+    if spec.startswith("synth"):
+        return SynthSource(synth_cfg, split=spec.partition(":")[2] or "train")
+    if spec.startswith("text:"):
+        return TextChatSource(spec[5:])
+    if spec.endswith(".jsonl"):
+        return JsonlSource(spec)
+    return HFSource(spec)
+
+
+# ----------------------------------------------------------------------------- mixture + dataset
+
+class Mixture:
+    """Sample k -> (source, item), a pure function of (seed, k). Finite sources are read in a fresh
+    shuffled order each epoch when alone; in a mix each draw picks an item at random."""
+
+    def __init__(self, sources, weights=None, seed=0):
+        self.sources = list(sources)
+        w = list(weights or [1.0] * len(self.sources))
+        total = sum(w)
+        self.cum = [sum(w[: i + 1]) / total for i in range(len(w))]
+        self.seed = seed
+        self._epoch_perm = (None, None)
+
+    def locate(self, k):
+        rng = _rng(self.seed, k)
+        s = 0 if len(self.sources) == 1 else next(i for i, c in enumerate(self.cum) if rng.random() < c or
+                                                  i == len(self.cum) - 1)
+        src = self.sources[s]
+        n = len(src)
+        if len(self.sources) == 1:
+            epoch, j = divmod(k, n)
+            if n < 10**8:  # a shuffled order per epoch for finite data
+                j = int(self._perm(epoch, n)[j])
+            return src, j
+        return src, rng.randrange(n)
+
+    def _perm(self, epoch, n):
+        # built once per epoch (per worker), not once per sample
+        if self._epoch_perm[0] != epoch:
+            g = np.random.default_rng(list(_rng(self.seed, "epoch", epoch).getrandbits(32) for _ in range(4)))
+            self._epoch_perm = (epoch, g.permutation(n))
+        return self._epoch_perm[1]
+
+
+@dataclass
+class DataConfig:
+    mode: str = "base"
+    seq_len: int = 512
+
+
+class OCRDataset(torch.utils.data.Dataset):
+    """Map-style view of the mixture: item k -> rendered sample, or a skip record."""
+
+    def __init__(self, mixture, tokenizer, model_cfg, data_cfg):
+        self.mix, self.tok, self.cfg, self.dcfg = mixture, tokenizer, model_cfg, data_cfg
+
+    def __len__(self):
+        return 2**62
+
+    def __getitem__(self, k):
+        src, i = self.mix.locate(k)
+        try:
+            return self.render(src[i])
+        except BadSample as e:
+            return {"skip": str(e)}
+        except ValueError as e:  # tokenizer: placeholder mismatch, image run cut by truncation, ...
+            return {"skip": f"sample {k}: {e}"}
+
+    def render(self, ex):
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in ex["messages"]):
+            raise BadSample(f"{ex.get('where', '?')}: empty conversation")
+        counts = [num_image_tokens(im.width, im.height, self.dcfg.mode, self.cfg) for im in ex["images"]]
+        ids, mask = self.tok.render_conversation(ex["messages"], counts)
+        truncated = len(ids) > self.dcfg.seq_len + 1
+        if truncated:
+            if sum(counts) + 8 > self.dcfg.seq_len:
+                raise BadSample(f"{ex.get('where', '?')}: {sum(counts)} image tokens exceed seq_len "
+                                f"{self.dcfg.seq_len}")
+            ids, mask = ids[: self.dcfg.seq_len + 1], mask[: self.dcfg.seq_len + 1]
+            if ids.count(self.tok.image_id) != sum(counts):  # an image in a late turn was cut
+                raise BadSample(f"{ex.get('where', '?')}: truncation to seq_len {self.dcfg.seq_len} cuts an image")
+        views = [make_views(im, self.dcfg.mode, self.cfg) for im in ex["images"]]
+        return {"ids": torch.tensor(ids), "mask": torch.tensor(mask, dtype=torch.bool), "views": views,
+                "truncated": truncated}
+
+
+def collate(items):
+    """-> dict(inputs (B, T), targets (B, T) with -1 where no loss, views ViewBatch|None, skips, ...)."""
+    skips = [it["skip"] for it in items if "skip" in it]
+    items = [it for it in items if "skip" not in it]
+    if not items:
+        return {"inputs": None, "skips": skips, "truncated": 0}
+    T = max(len(it["ids"]) for it in items) - 1
+    inputs = torch.zeros(len(items), T, dtype=torch.long)
+    targets = torch.full((len(items), T), -1, dtype=torch.long)
+    for r, it in enumerate(items):  # one row copy per sample, not per token
+        ids, mask = it["ids"], it["mask"]
+        n = len(ids) - 1
+        inputs[r, :n] = ids[:-1]
+        targets[r, :n] = torch.where(mask[1:], ids[1:], -1)
+    views = [v for it in items for v in it["views"]]
+    return {"inputs": inputs, "targets": targets, "views": collate_views(views), "skips": skips,
+            "truncated": sum(it["truncated"] for it in items), "samples": len(items)}
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Sample indices start, start+1, ... split round-robin over DDP ranks: resumable at any sample."""
+
+    def __init__(self, start=0, rank=0, world=1):
+        self.start, self.rank, self.world = start, rank, world
+
+    def __iter__(self):
+        k = self.start + self.rank
+        while True:
+            yield k
+            k += self.world
+
+    def __len__(self):
+        return 2**62
+
+
+def make_loader(dataset, batch_size, start=0, rank=0, world=1, workers=1, pin=False):
+    """Batches for one rank, beginning at global sample `start` (= samples consumed so far)."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=ShardSampler(start, rank, world), collate_fn=collate,
+        num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None)
+
+
+class SkipLog:
+    """Counts skipped samples by reason (first words) and keeps a few full examples."""
+
+    def __init__(self):
+        self.counts, self.examples, self.truncated = Counter(), [], 0
+
+    def add(self, batch):
+        self.truncated += batch.get("truncated", 0)
+        for s in batch["skips"]:
+            key = s.split(":")[-2].strip() if s.count(":") >= 2 else s
+            self.counts[key[:60]] += 1
+            if len(self.examples) < 5:
+                self.examples.append(s)
+
+    def summary(self):
+        return {"skipped": sum(self.counts.values()), "by_reason": dict(self.counts),
+                "examples": self.examples, "truncated": self.truncated}

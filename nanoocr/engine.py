@@ -1,0 +1,207 @@
+"""
+Engine: batched generation for NanoDeepseekOCR. Images are encoded once, the left-padded prompts go
+through one prefill into a KV cache, then every step feeds one token per row; rows that stop leave the
+batch. Tokenizer-free: prompts come in as ids (with their <|image|> runs expanded), ids come out.
+"""
+
+import contextlib
+
+import torch
+
+from nanoocr.gpt import KVCache
+
+PAD_ID = 0  # fills the left padding; those positions are masked out, so the id never matters
+
+
+def ngram_ban_mask(history, lengths, n, window, vocab_size, whitelist=()):
+    """DeepSeek's no-repeat guard: (B, V) bool, True for every token that would complete an n-gram
+    already present in the last `window` tokens of its row. history (B, L): row b's tokens are
+    history[b, :lengths[b]] (lengths: (B,) or an int for all rows). Whitelisted ids are never banned.
+    n = 1 bans every token of the window (DeepSeek's own code bans nothing there, by a slicing quirk)."""
+    B, L = history.shape
+    dev = history.device
+    mask = torch.zeros(B, vocab_size + 1, dtype=torch.bool, device=dev)  # column V: sink for non-matches
+    if n <= 0 or L < n:
+        return mask[:, :vocab_size]
+    if isinstance(lengths, int):  # torch.full, not as_tensor: a host->device copy would sync on CUDA
+        lengths = torch.full((B,), lengths, device=dev)
+    lengths = lengths.to(dev)[:, None]  # (B, 1)
+    grams = history.unfold(1, n, 1)  # (B, W, n): gram i = history[:, i:i+n], W = L - n + 1
+    start = torch.arange(grams.shape[1], device=dev)[None]  # (1, W)
+    # a gram counts when it is complete before the row's end and starts inside the window
+    ok = (start + n <= lengths) & (start >= lengths - window)  # (B, W)
+    if n > 1:
+        # the row's last n-1 tokens; rows shorter than that have no complete gram, so clamping is harmless
+        at = (lengths - (n - 1) + torch.arange(n - 1, device=dev)).clamp_(min=0)  # (B, n-1)
+        prefix = history.gather(1, at)
+        ok &= (grams[..., :-1] == prefix[:, None]).all(-1)
+    banned = torch.where(ok, grams[..., -1], vocab_size)  # (B, W)
+    mask.scatter_(1, banned, True)
+    mask = mask[:, :vocab_size]
+    if len(whitelist):
+        mask[:, torch.as_tensor(whitelist, device=dev)] = False
+    return mask
+
+
+def _new_cache(gpt, batch, max_len, device, dtype, pad):
+    c = gpt.config
+    pad = torch.tensor(pad, device=device) if any(pad) else None  # None: no mask, plain causal attention
+    return KVCache(batch, c.n_layer, c.n_kv_head, c.n_embd // c.n_head, max_len, device, dtype, pad=pad)
+
+
+class _Cached:
+    """Prefill once into a KV cache, then one token per row per step."""
+
+    def __init__(self, gpt, embeds, pad, n_new, dtype):
+        B, T, _ = embeds.shape
+        # the last sampled token is never fed back, hence n_new - 1
+        self.cache = _new_cache(gpt, B, T + n_new - 1, embeds.device, dtype, pad)
+        self.gpt, self.embeds = gpt, embeds
+
+    def first(self):
+        logits = self.gpt(embeds=self.embeds, kv_cache=self.cache)[:, -1]  # (B, V)
+        self.embeds = None
+        return logits
+
+    def next(self, tok):
+        return self.gpt(tok[:, None], kv_cache=self.cache)[:, -1]
+
+    def select(self, rows, keep):
+        self.cache.select(rows)
+
+
+class _Uncached:
+    """The reference: the whole sequence goes through the model again at every step."""
+
+    def __init__(self, gpt, embeds, pad, n_new, dtype):
+        self.gpt, self.embeds, self.pad, self.dtype = gpt, embeds, pad, dtype
+        self.gen = torch.zeros(embeds.shape[0], 0, dtype=torch.long, device=embeds.device)  # (B, t)
+
+    def _run(self):
+        x = torch.cat([self.embeds, self.gpt.transformer.wte(self.gen)], 1)  # (B, T + t, D)
+        cache = None
+        if any(self.pad):  # a throwaway cache, only to carry the padding mask and positions
+            cache = _new_cache(self.gpt, x.shape[0], x.shape[1], x.device, self.dtype, self.pad)
+        return self.gpt(embeds=x, kv_cache=cache)[:, -1]
+
+    def first(self):
+        return self._run()
+
+    def next(self, tok):
+        self.gen = torch.cat([self.gen, tok[:, None]], 1)
+        return self._run()
+
+    def select(self, rows, keep):
+        self.embeds, self.gen = self.embeds[rows], self.gen[rows]
+        self.pad = [self.pad[j] for j in keep]
+
+
+class Engine:
+    def __init__(self, model, device=None, autocast_dtype=None):
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device)
+        if autocast_dtype is None and self.device.type == "cuda":
+            autocast_dtype = torch.bfloat16
+        self.autocast_dtype = None if autocast_dtype == torch.float32 else autocast_dtype
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _prompt_embeds(self, prompts, views):
+        """Left-padded prompts -> merged input embeddings (B, T, D) and the per-row padding."""
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt")
+        T = max(len(p) for p in prompts)
+        pad = [T - len(p) for p in prompts]
+        idx = torch.tensor([[PAD_ID] * q + list(p) for q, p in zip(pad, prompts)], dtype=torch.long)
+        idx = idx.to(self.device, non_blocking=True)
+        vision = None
+        if views is not None:
+            if self.model.image_token_id is None:
+                raise ValueError("images given but model.image_token_id is not set")
+            dtype = next(self.model.parameters()).dtype
+            vision = self.model.encode_images(views.to(self.device, dtype))  # the one vision pass
+        return self.model.embed(idx, vision), pad
+
+    @torch.inference_mode()
+    def generate(self, prompts, views=None, max_new_tokens=256, stop_ids=(), temperature=0.0, top_k=None,
+                 seed=None, ngram_size=0, ngram_window=90, ngram_whitelist=(), banned_ids=(), stream=None,
+                 use_cache=True):
+        """prompts: B lists of ids with the <|image|> runs expanded; views: the images of all rows in row
+        order (None: text only). Returns B lists of generated ids, stop token excluded, in input order.
+        stream(row, id) is called for each kept token as it is produced."""
+        out = [[] for _ in prompts]
+        if not prompts or max_new_tokens <= 0:
+            return out
+        gpt, dev = self.model.gpt, self.device
+        T = max(len(p) for p in prompts)
+        if T + max_new_tokens - 1 > gpt.cos.shape[0]:
+            raise ValueError(f"{T} prompt + {max_new_tokens} new tokens exceed the model's "
+                             f"{gpt.cos.shape[0]} rotary positions")
+        stop = set(stop_ids)
+        banned = torch.tensor(sorted(set(banned_ids)), dtype=torch.long, device=dev)
+        whitelist = torch.tensor(sorted(set(ngram_whitelist)), dtype=torch.long, device=dev)
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=dev).manual_seed(seed)
+        # each row's generated ids, for the n-gram guard; all live rows have the same length t
+        hist = None
+        if ngram_size > 0:
+            hist = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long, device=dev)
+        active = list(range(len(prompts)))  # batch position -> input row
+        with self._autocast():
+            embeds, pad = self._prompt_embeds(prompts, views)
+            dtype = self.autocast_dtype or embeds.dtype
+            runner = (_Cached if use_cache else _Uncached)(gpt, embeds, pad, max_new_tokens, dtype)
+            logits = runner.first()  # (B, V)
+            for t in range(max_new_tokens):
+                if banned.numel():
+                    logits.index_fill_(1, banned, float("-inf"))
+                if hist is not None:  # only the last `window` tokens can hold a gram to ban
+                    w0 = max(0, t - ngram_window)
+                    ban = ngram_ban_mask(hist[:, w0:t], t - w0, ngram_size, ngram_window, logits.shape[-1],
+                                         whitelist)
+                    logits.masked_fill_(ban, float("-inf"))
+                tok = sample(logits, temperature, top_k, gen)  # (B,)
+                if hist is not None:
+                    hist[:, t] = tok
+                ids = tok.tolist()  # the one host sync per step
+                keep = _record(ids, active, out, stop, stream, more=t + 1 < max_new_tokens)
+                if not keep:
+                    break
+                if len(keep) < len(active):  # finished rows leave the batch
+                    rows = torch.tensor(keep, device=dev)
+                    active = [active[j] for j in keep]
+                    tok = tok[rows]
+                    hist = hist[rows] if hist is not None else None
+                    runner.select(rows, keep)
+                logits = runner.next(tok)
+        return out
+
+
+def _record(ids, active, out, stop, stream, more):
+    """Append this step's ids to their rows; returns the batch positions that go on."""
+    keep = []
+    for j, i in enumerate(ids):
+        if i in stop:
+            continue
+        out[active[j]].append(i)
+        if stream is not None:
+            stream(active[j], i)
+        if more:
+            keep.append(j)
+    return keep
+
+
+def sample(logits, temperature=0.0, top_k=None, generator=None):
+    """(B, V) fp32 logits -> (B,) ids: argmax at temperature 0, else a draw from the top_k."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, -1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]

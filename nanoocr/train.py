@@ -1,0 +1,542 @@
+"""
+What both training phases share: freeze policies, optimiser + schedule, DDP set-up, the loop with
+gradient accumulation, evaluation (validation loss + the collapse monitor), checkpoints and logs.
+The phase scripts in scripts/ only choose settings and call `fit`.
+"""
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nanoocr.model import PARTS, part_of
+
+# ----------------------------------------------------------------------------- freeze policies
+
+POLICIES = {
+    "align": ("compressor", "projector"),  # Phase 1 (LLaVA-style alignment)
+    "finetune": ("projector", "gpt"),  # Phase 2
+    "all": tuple(PARTS),  # the seed's tier-1 recipe: everything trains
+}
+
+
+def parse_policy(spec):
+    """A policy name or a comma list of parts (sam, compressor, clip, projector, gpt)."""
+    parts = POLICIES.get(spec) or tuple(p.strip() for p in spec.split(",") if p.strip())
+    bad = [p for p in parts if p not in PARTS]
+    if bad or not parts:
+        raise ValueError(f"--train {spec!r}: unknown part(s) {bad}; use {sorted(POLICIES)} or parts {list(PARTS)}")
+    return set(parts)
+
+
+def apply_freeze(model, parts):
+    """requires_grad by part; CLIP's pixel conv always stays frozen (DeepEncoder never uses it)."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(part_of(name) in parts and "embeddings.patch_embedding" not in name)
+    return sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def param_summary(model):
+    out = {}
+    for name, p in model.named_parameters():
+        d = out.setdefault(part_of(name), {"trainable": 0, "frozen": 0})
+        d["trainable" if p.requires_grad else "frozen"] += p.numel()
+    return out
+
+
+# ----------------------------------------------------------------------------- distributed
+
+@dataclass
+class Dist:
+    ddp: bool = False
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+def setup_dist(device="auto"):
+    """torchrun sets RANK/WORLD_SIZE: nccl on GPU, gloo on CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "RANK" not in os.environ:
+        return Dist(device=device)
+    rank, local, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if device == "cuda":
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Dist(True, rank, local, world, device)
+
+
+def all_sum(x, d):
+    if not d.ddp:
+        return x
+    t = torch.tensor([float(x)], dtype=torch.float64, device=d.device if d.device.startswith("cuda") else "cpu")
+    dist.all_reduce(t)
+    return t.item()
+
+
+def all_mean(x, d):
+    return all_sum(x, d) / d.world
+
+
+# ----------------------------------------------------------------------------- schedule
+
+def lr_at(step, total, base_lr, schedule="cosine", warmup_ratio=0.03, step_size=2000, gamma=0.1):
+    warm = int(round(warmup_ratio * total))
+    if step < warm:
+        return base_lr * (step + 1) / warm
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    if schedule == "step":  # the seed's Stage-2 StepLR
+        return base_lr * gamma ** ((step - warm) // step_size)
+    if schedule == "constant":
+        return base_lr
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8  # per rank, per micro-step
+    total_batch_size: int = 0  # samples per optimiser step over all ranks; 0 = batch_size * world
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.95)
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.03
+    step_size: int = 2000
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_batches: int = 4
+    save_every: int = 500
+    collapse_threshold: float = 0.95
+    compile: bool = False
+    grad_checkpoint: bool = False
+    workers: int = 1
+    seed: int = 0
+    stop_after: int = 0  # end the process after this step, as a crash would (tests resume from it)
+    run: str = None  # wandb run name: metrics go to wandb too, only when given
+    out_dir: str = "out"
+    extra: dict = field(default_factory=dict)  # recorded in checkpoints and logs (phase, policy, ...)
+
+
+# ----------------------------------------------------------------------------- collapse monitor
+
+@torch.no_grad()
+def collapse_stats(model, views):
+    """Mean pairwise cosine similarity between different images' pooled features after SAM, CLIP and
+    the projector. Collapsed encoders (the seed's failure) sit near 1.0; healthy ones well below."""
+    x = views.global_views
+    sam = model.sam_model(x)  # (N, C, g, g)
+    clip = model.vision_model(patch_embeds=sam)[:, 1:]  # (N, g*g, C)
+    proj = model.projector(torch.cat([clip, sam.flatten(2).transpose(1, 2)], -1))
+    out = {}
+    for name, f in (("sam", sam.flatten(2).transpose(1, 2)), ("clip", clip), ("projector", proj)):
+        # per-token features flattened per image, so two images are similar only if every position is
+        v = F.normalize(f.flatten(1).float(), dim=-1)
+        sim = v @ v.T
+        n = sim.shape[0]
+        out[name] = ((sim.sum() - sim.diagonal().sum()) / max(1, n * (n - 1))).item()
+    return out
+
+
+# ----------------------------------------------------------------------------- logs
+
+class MetricsLog:
+    """metrics.jsonl (master rank only), mirrored to wandb when a run name is given."""
+
+    def __init__(self, path, resume_step=None, run=None, config=None):
+        kept = []
+        if resume_step is not None and Path(path).exists():  # drop what was logged after the checkpoint
+            rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+            kept = [r for r in rows if r.get("step", 0) <= resume_step and r.get("kind") != "summary"]
+        self.f = open(path, "w")
+        for r in kept:
+            self.f.write(json.dumps(r) + "\n")
+        self.wandb = None
+        if run:
+            try:
+                import wandb
+            except ImportError:
+                raise SystemExit("--run logs to wandb, which is not installed: pip install wandb") from None
+            self.wandb = wandb.init(project="nano-deepseek-ocr", name=run, config=config, resume="allow")
+
+    def write(self, rec):
+        self.f.write(json.dumps(rec) + "\n")
+        if self.wandb is not None and "step" in rec:
+            nums = {f"{rec['kind']}/{k}": v for k, v in rec.items() if k != "step" and isinstance(v, (int, float))}
+            self.wandb.log(nums, step=rec["step"])
+
+    def flush(self):
+        self.f.flush()
+
+    def close(self):
+        self.f.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def autocast_ctx(device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else nullcontext()
+
+
+def build_optimizer(model, tc, device):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: the freeze policy leaves no trainable parameters")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = str(device).startswith("cuda")
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, fused=fused)
+
+
+def step_flops(model, batch, device):
+    """FLOPs of one forward+backward on `batch`, counted by torch's FlopCounterMode: includes SAM,
+    CLIP, projector, decoder and attention, and only the backward work frozen parts really need."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter, autocast_ctx(device):
+        loss = model(batch["inputs"], batch["targets"], views=batch["views"])
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def to_device(batch, device):
+    out = dict(batch)
+    out["inputs"] = batch["inputs"].to(device, non_blocking=True)
+    out["targets"] = batch["targets"].to(device, non_blocking=True)
+    out["views"] = batch["views"].to(device) if batch["views"] is not None else None
+    return out
+
+
+def peak_flops(device):
+    """Dense bf16 peak for MFU; None where unknown (CPU): set NANOOCR_PEAK_FLOPS to report MFU there."""
+    if os.environ.get("NANOOCR_PEAK_FLOPS"):
+        return float(os.environ["NANOOCR_PEAK_FLOPS"])
+    if not str(device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, val in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("4090", 165e12)):
+        if key in name:
+            return val
+    return None
+
+
+def plot_losses(log_path, png_path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    tr = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
+    va = [(r["step"], r["val_loss"]) for r in rows if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if tr:
+        ax.plot(*zip(*tr), label="train", lw=1)
+    if va:
+        ax.plot(*zip(*va), "o-", label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=False, on_save=None):
+    """Train `model` (freeze policy already applied). Returns a summary dict.
+    Checkpoints go to {out_dir}/ckpt (training state) and {out_dir}/model (the model folder)."""
+    from nanoocr import checkpoint as ck
+    from nanoocr.data import SkipLog, make_loader
+
+    out = Path(tc.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = d.device
+    torch.manual_seed(tc.seed + d.rank)
+    accum = 1
+    if tc.total_batch_size:
+        per_step = tc.batch_size * d.world
+        if tc.total_batch_size % per_step:
+            raise ValueError(f"total_batch_size {tc.total_batch_size} is not a multiple of batch_size x ranks "
+                             f"({per_step})")
+        accum = tc.total_batch_size // per_step
+    samples_per_step = tc.batch_size * d.world * accum
+
+    model.to(device)
+    model.sam_model.grad_checkpoint = tc.grad_checkpoint
+    optimizer = build_optimizer(model, tc, device)
+    step, skips, extra = 0, SkipLog(), {}
+    if resume:
+        step, extra = ck.load_training_state(resume, model, optimizer)
+        ck.set_rng_state(extra["rng"][d.rank] if isinstance(extra.get("rng"), list) else extra["rng"])
+        skips.counts.update(extra.get("skips", {}).get("by_reason", {}))
+        if d.master:
+            print(f"resumed from {resume} at step {step}")
+    raw = model
+    fwd = torch.compile(model) if tc.compile else model
+    if d.ddp:
+        fwd = torch.nn.parallel.DistributedDataParallel(
+            fwd, device_ids=[d.local_rank] if device.startswith("cuda") else None,
+            find_unused_parameters=find_unused)
+    loader = iter(make_loader(train_ds, tc.batch_size, start=step * samples_per_step, rank=d.rank, world=d.world,
+                              workers=tc.workers, pin=device.startswith("cuda")))
+    log_path = out / "metrics.jsonl"
+    log = MetricsLog(log_path, step if resume else None, tc.run, asdict(tc)) if d.master else None
+
+    def next_batch():
+        while True:
+            b = next(loader)
+            skips.add(b)
+            if b["inputs"] is not None:
+                return to_device(b, device)
+
+    flops = None
+    peak = peak_flops(device)
+    bar = tqdm(total=tc.steps, initial=step, disable=not d.master, dynamic_ncols=True, desc=tc.extra.get("phase"))
+    ema, t_start, last_good = None, time.time(), None
+    model.train()
+    while step < tc.steps:
+        lr = lr_at(step, tc.steps, tc.lr, tc.schedule, tc.warmup_ratio, tc.step_size)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        t0 = time.time()
+        # Fetch the step's micro-batches first so the loss can be a mean over every target token of the
+        # global batch: the same update for any split over ranks and accumulation steps.
+        batches = [next_batch() for _ in range(accum)]
+        n_tok = all_sum(sum(int((b["targets"] >= 0).sum()) for b in batches), d)
+        n_samples = sum(b["samples"] for b in batches)
+        if flops is None and d.master:
+            flops = step_flops(raw, batches[0], device) * accum * d.world
+        loss_sum = 0.0
+        for micro, batch in enumerate(batches):
+            sync = nullcontext() if (not d.ddp or micro == accum - 1) else fwd.no_sync()
+            with sync, autocast_ctx(device):
+                loss = fwd(batch["inputs"], batch["targets"], views=batch["views"], loss_reduction="sum")
+            (loss * (d.world / n_tok)).backward()  # DDP averages over ranks, hence * world
+            loss_sum += loss.detach()
+        loss_val = all_sum(float(loss_sum), d) / n_tok
+        if not math.isfinite(loss_val):
+            msg = (f"loss is {loss_val} at step {step}; stopping. The last good checkpoint "
+                   f"({last_good or 'none saved yet'}) is intact.")
+            if log:
+                log.write({"kind": "error", "step": step, "message": msg})
+                log.close()
+            raise FloatingPointError(msg)
+        gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        dt = time.time() - t0
+        ema = loss_val if ema is None else 0.9 * ema + 0.1 * loss_val
+        tok_s = n_tok / dt
+        rec = {"kind": "train", "step": step, "loss": loss_val, "lr": lr, "dt": dt, "tok_s": tok_s,
+               "samples_s": n_samples * d.world / dt, "grad_norm": float(gnorm) if gnorm is not None else None}
+        if flops and peak:
+            rec["mfu"] = flops / dt / (peak * d.world)
+        if log:
+            log.write(rec)
+        bar.update(1)
+        post = {"loss": f"{ema:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{tok_s:.0f}", "smp/s": f"{rec['samples_s']:.1f}"}
+        if "mfu" in rec:
+            post["mfu"] = f"{100 * rec['mfu']:.1f}%"
+        bar.set_postfix(post)
+
+        last = step == tc.steps
+        if val_ds is not None and (step % tc.eval_every == 0 or last):
+            ev = evaluate_loss(raw, val_ds, tc, d)
+            if d.master:
+                ev.update({"kind": "eval", "step": step})
+                log.write(ev)
+                worst = max((v for k, v in ev.items() if k.startswith("cos_")), default=0.0)
+                tqdm.write(f"step {step}: val loss {ev['val_loss']:.4f}" +
+                           "".join(f", {k} {v:.3f}" for k, v in ev.items() if k.startswith("cos_")))
+                if worst > tc.collapse_threshold:
+                    tqdm.write(f"WARNING: vision features look collapsed (mean cosine similarity {worst:.3f} > "
+                               f"{tc.collapse_threshold}): different images give nearly the same tokens. "
+                               "Freeze more of the encoder, lower the lr, or use more varied data.")
+            model.train()
+        if step % tc.save_every == 0 or last:
+            rng = ck.rng_state()
+            if d.ddp:
+                gathered = [None] * d.world
+                dist.all_gather_object(gathered, rng)
+                rng = gathered
+            if d.master:
+                ck.save_training_state(out / "ckpt", step, raw, optimizer,
+                                       {"rng": rng, "skips": skips.summary(), "train_config": asdict(tc)})
+                if on_save:
+                    on_save(raw, step, last)
+                last_good = f"{out / 'ckpt'} (step {step})"
+            if log:
+                log.flush()
+        if tc.stop_after and step >= tc.stop_after:
+            break
+    bar.close()
+    elapsed = time.time() - t_start
+    summary = {"steps": step, "seconds": elapsed, "skips": skips.summary()}
+    if d.master:
+        log.write({"kind": "summary", **summary})
+        log.close()
+        plot_losses(log_path, out / "loss.png", tc.extra.get("phase", "training"))
+        if summary["skips"]["skipped"] or summary["skips"]["truncated"]:
+            print(f"data: skipped {summary['skips']['skipped']} bad samples {summary['skips']['by_reason']}, "
+                  f"truncated {summary['skips']['truncated']}")
+    return summary
+
+
+@torch.no_grad()
+def evaluate_loss(model, val_ds, tc, d):
+    from nanoocr.data import make_loader
+    model.eval()
+    # every rank reads its own slice of the same fixed validation samples
+    loader = iter(make_loader(val_ds, tc.batch_size, start=0, rank=d.rank, world=d.world, workers=0))
+    total, count, cos = 0.0, 0, None
+    for _ in range(tc.eval_batches):
+        b = next(loader)
+        if b["inputs"] is None:
+            continue
+        b = to_device(b, d.device)
+        with autocast_ctx(d.device):
+            total += model(b["inputs"], b["targets"], views=b["views"]).item()
+            if cos is None and b["views"] is not None and len(b["views"]) > 1:
+                cos = collapse_stats(model, b["views"])
+        count += 1
+    ev = {"val_loss": all_mean(total / max(1, count), d)}
+    for k, v in (cos or {}).items():
+        ev[f"cos_{k}"] = all_mean(v, d)
+    return ev
+
+
+# ----------------------------------------------------------------------------- script glue
+
+def add_args(p, **defaults):
+    """Arguments both phase scripts take; `defaults` are each phase's recipe."""
+    g = p.add_argument_group("data")
+    g.add_argument("--data", nargs="+", default=["synth"],
+                   help="sources: synth | synth:heldout | FILE.jsonl | local HF dataset folder | text:FILE.jsonl")
+    g.add_argument("--data-weights", type=float, nargs="+", default=None, help="mixture weights for --data")
+    g.add_argument("--text-data", default=None, help="text-only chat JSONL mixed in at --text-ratio")
+    g.add_argument("--text-ratio", type=float, default=defaults.get("text_ratio", 0.0))
+    g.add_argument("--val-data", default="synth:heldout", help="validation source ('' for none)")
+    g.add_argument("--mode", default=defaults.get("mode", "base"), help="tiny|small|base|large|gundam")
+    g.add_argument("--seq-len", type=int, default=None, help="default: the decoder's sequence_len")
+    g.add_argument("--synth-kinds", default=None, help="synthetic kinds, e.g. line:3,paragraph:1")
+    g.add_argument("--synth-limit", type=int, default=0, help="use only the first N synthetic samples (overfit)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--train", default=defaults["train"], help=f"policy {sorted(POLICIES)} or comma list of parts")
+    g.add_argument("--steps", type=int, default=defaults.get("steps", 1000))
+    g.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 8), help="per rank, per micro-step")
+    g.add_argument("--total-batch-size", type=int, default=defaults.get("total_batch_size", 0))
+    g.add_argument("--lr", type=float, default=defaults["lr"])
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
+    g.add_argument("--warmup-ratio", type=float, default=0.03)
+    g.add_argument("--step-size", type=int, default=2000, help="StepLR period (schedule=step)")
+    g.add_argument("--grad-clip", type=float, default=1.0)
+    g.add_argument("--grad-checkpoint", action="store_true", help="recompute SAM's global blocks in backward")
+    g.add_argument("--compile", action="store_true")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, help="output folder (model/, deepencoder.safetensors, ckpt/, logs)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/ckpt exactly")
+    g.add_argument("--eval-every", type=int, default=200)
+    g.add_argument("--eval-batches", type=int, default=4)
+    g.add_argument("--save-every", type=int, default=500)
+    g.add_argument("--workers", type=int, default=1, help="DataLoader workers per rank")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop-after", type=int, default=0, help="stop after this step (simulates a crash)")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    g.add_argument("--run", default=None, help="wandb run name (logs to wandb only when given)")
+    return p
+
+
+def train_config(args, phase):
+    return TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, total_batch_size=args.total_batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, schedule=args.schedule, warmup_ratio=args.warmup_ratio,
+        step_size=args.step_size, grad_clip=args.grad_clip, eval_every=args.eval_every,
+        eval_batches=args.eval_batches, save_every=args.save_every, compile=args.compile,
+        grad_checkpoint=args.grad_checkpoint, workers=args.workers, seed=args.seed, out_dir=args.out,
+        stop_after=args.stop_after, run=args.run,
+        extra={"phase": phase, "train": args.train, "mode": args.mode, "data": args.data,
+               "text_ratio": args.text_ratio})
+
+
+def build_datasets(args, model, tokenizer):
+    """-> (train dataset, val dataset or None, find_unused_parameters)."""
+    from nanoocr.data import DataConfig, Mixture, OCRDataset, open_source
+    from nanoocr.synth import SynthConfig, parse_kinds
+
+    synth_cfg = SynthConfig()
+    if args.synth_kinds:
+        synth_cfg.kinds = parse_kinds(args.synth_kinds)
+    sources = [open_source(s, synth_cfg) for s in args.data]
+    if args.synth_limit:
+        for s in sources:
+            if hasattr(s, "size"):
+                s.size = args.synth_limit
+    weights = args.data_weights or [1.0] * len(sources)
+    if len(weights) != len(sources):
+        raise ValueError(f"--data-weights has {len(weights)} values for {len(sources)} sources")
+    if args.text_data and args.text_ratio > 0:
+        sources.append(open_source("text:" + args.text_data if not args.text_data.startswith("text:")
+                                   else args.text_data))
+        weights = [w * (1 - args.text_ratio) / sum(weights) for w in weights] + [args.text_ratio]
+    dcfg = DataConfig(mode=args.mode, seq_len=args.seq_len or model.config.gpt.sequence_len)
+    train = OCRDataset(Mixture(sources, weights, seed=args.seed), tokenizer, model.config, dcfg)
+    val = None
+    if args.val_data:
+        val = OCRDataset(Mixture([open_source(args.val_data, synth_cfg)], seed=12345), tokenizer, model.config, dcfg)
+    return train, val, bool(args.text_data and args.text_ratio > 0)
+
+
+def run_phase(args, model, tokenizer, phase, d):
+    """Apply the freeze policy, train, and write OUT/model + OUT/deepencoder.safetensors."""
+    from nanoocr import checkpoint as ck
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    trainable = apply_freeze(model, parse_policy(args.train))
+    summary = param_summary(model)
+    if d.master:
+        print(f"{phase}: training {len(trainable)} tensors")
+        for part, c in summary.items():
+            print(f"  {part:11s} trainable {c['trainable'] / 1e6:9.3f}M  frozen {c['frozen'] / 1e6:9.3f}M")
+    train_ds, val_ds, find_unused = build_datasets(args, model, tokenizer)
+    tc = train_config(args, phase)
+    out = Path(args.out)
+    resume = out / "ckpt" if args.resume else None
+    if resume and not ck.has_training_state(resume):
+        raise FileNotFoundError(f"--resume: no checkpoint in {resume}")
+
+    def on_save(m, step, last):
+        ck.save_model(m, out / "model", tokenizer, meta={"phase": phase, "step": step, "train": args.train})
+        ck.save_deepencoder(m, out / "deepencoder.safetensors")
+
+    result = fit(model, tokenizer, train_ds, val_ds, tc, d, resume=resume, find_unused=find_unused,
+                 on_save=on_save)
+    result["params"] = summary
+    if d.master:
+        (out / "summary.json").write_text(json.dumps(result, indent=2))
+    return result

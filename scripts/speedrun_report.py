@@ -1,0 +1,107 @@
+"""
+Write the CPU speedrun's report.md: timings, held-out accuracy against the targets, the compression
+table, language retention (bits per byte before/after Phase 2), loss curves, and a page with the
+predicted text next to the truth.
+
+  python -m scripts.speedrun_report --base ~/.cache/nanoocr/cpu-speedrun --total-seconds 840
+"""
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--base", required=True, help="the speedrun folder")
+parser.add_argument("--total-seconds", type=int, default=None)
+parser.add_argument("--bpb-paragraphs", type=int, default=40, help="held-out corpus paragraphs for bits/byte")
+
+TARGETS = {"line": 0.03, "paragraph": 0.10}  # held-out CER targets of the speedrun
+
+
+def bpb(model_dir, texts):
+    from nanoocr.checkpoint import load_model
+    from nanoocr.evaluate import bits_per_byte
+    model, tok, _ = load_model(model_dir)
+    return bits_per_byte(model, tok, texts)
+
+
+def sample_figure(rows_path, image_dir, out_png):
+    """The first held-out page, its true text and the model's text, one picture."""
+    rows = [json.loads(line) for line in Path(rows_path).read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    row = rows[0]
+    page = Image.open(Path(image_dir) / "images" / "000000.png").convert("RGB")
+    font = ImageFont.load_default(size=13)
+    lines = ["TRUE:"] + row["ref"].splitlines() + ["", "MODEL:"] + row["pred"].splitlines()
+    w = max(page.width, 20 + max(int(font.getlength(t)) for t in lines))
+    h = page.height + 20 + 17 * len(lines)
+    canvas = Image.new("RGB", (w, h), "white")
+    canvas.paste(page, (0, 0))
+    d = ImageDraw.Draw(canvas)
+    for i, t in enumerate(lines):
+        d.text((10, page.height + 10 + 17 * i), t, fill=(0, 0, 0) if i < len(row["ref"].splitlines()) + 1
+               else (20, 60, 160), font=font)
+    canvas.save(out_png)
+    return row
+
+
+def main(args):
+    base = Path(args.base)
+    times = [line.split("\t") for line in (base / "timings.tsv").read_text().splitlines() if line.strip()]
+    stage_s = {}
+    for name, sec in times:
+        stage_s[name] = stage_s.get(name, 0) + int(sec)
+    summaries = sorted((base / "eval").glob("*.summary.json"))
+    md = ["# CPU speedrun report", ""]
+    md.append(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads. Total wall time: "
+              f"{args.total_seconds / 60:.1f} min" if args.total_seconds else "")
+    md += ["", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in stage_s.items()]
+
+    md += ["", "## Held-out accuracy (fonts and text never seen in training)", ""]
+    md += ["| set | n | CER | target | WER | NED | Fox precision | exact |", "|---|---|---|---|---|---|---|---|"]
+    comp = []
+    for path in summaries:
+        s = json.loads(path.read_text())
+        for kind, sc in s["by_kind"].items():
+            if kind == "all":
+                continue
+            tgt = TARGETS.get(kind)
+            verdict = "" if tgt is None else (f"<= {100 * tgt:.0f}%: " + ("met" if sc["cer"] <= tgt else
+                                              f"missed by {100 * (sc['cer'] - tgt):.1f} points"))
+            md.append(f"| {kind} | {sc['n']} | {100 * sc['cer']:.2f}% | {verdict} | {100 * sc['wer']:.1f}% | "
+                      f"{sc['ned']:.3f} | {100 * sc['precision']:.1f}% | {100 * sc['exact']:.1f}% |")
+        comp += [dict(c, set=path.name.split(".")[0]) for c in s["compression"]]
+    if comp:
+        md += ["", "## Compression: text tokens per vision token", "",
+               "| set | text tokens / vision token | n | precision | CER |", "|---|---|---|---|---|"]
+        md += [f"| {c['set']} | {c['bucket']} | {c['n']} | {100 * c['precision']:.1f}% | {100 * c['cer']:.2f}% |"
+               for c in comp]
+
+    from nanoocr.synth import corpus
+    texts = corpus()["heldout"].paragraphs[: args.bpb_paragraphs]
+    before, after = bpb(base / "phase1" / "model", texts), bpb(base / "model", texts)
+    md += ["", "## Language retention", "",
+           f"Decoder bits per byte on {len(texts)} held-out corpus paragraphs: after Phase 1 {before:.3f}, "
+           f"after Phase 2 {after:.3f} (lower is better; Phase 2 mixes text-only chat in to keep this from rising)."]
+
+    md += ["", "## Loss curves", "", "![phase 1](phase1/loss.png)", "", "![phase 2](phase2/loss.png)"]
+    para = base / "eval" / "manifest.jsonl"
+    rows_files = sorted((base / "eval").glob("*paragraph*.jsonl")) or ([para] if para.exists() else [])
+    if rows_files:
+        row = sample_figure(rows_files[0], base / "data" / "heldout_paragraph", base / "sample.png")
+        if row:
+            md += ["", "## A held-out page", "", "![page, truth and model output](sample.png)", "",
+                   f"CER on this page: {100 * row['cer']:.1f}%"]
+    (base / "report.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main(parser.parse_args())

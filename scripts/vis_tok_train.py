@@ -1,0 +1,48 @@
+"""
+Phase 1, alignment: train the compressor (net_2, net_3) and the projector (+ newline/separator
+vectors) with SAM, CLIP and the decoder frozen (LLaVA-1.5 style). `--train all` is the seed's
+tier-1 recipe (everything trains), which a model built from scratch needs.
+
+  python -m scripts.vis_tok_train --model models/imported --out runs/p1          # pretrained parts
+  python -m scripts.vis_tok_train --preset cpu --tokenizer tok/ --train all --out runs/p1
+  torchrun --nproc_per_node=8 -m scripts.vis_tok_train --model ... --total-batch-size 256 --out ...
+"""
+
+import argparse
+
+import torch
+from nanoocr.tokenizer import Tokenizer
+
+from nanoocr import checkpoint as ck
+from nanoocr.model import NanoDeepseekOCR
+from nanoocr.presets import get_preset
+from nanoocr.train import add_args, run_phase, setup_dist
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--model", default=None, help="model folder to start from (e.g. from import-weights)")
+parser.add_argument("--preset", default="cpu", help="fresh model of this preset when --model is not given")
+parser.add_argument("--tokenizer", default=None, help="tokenizer folder for a fresh model")
+add_args(parser, train="align", lr=1e-3, steps=1000, batch_size=8)
+
+
+def build(args):
+    if args.model:
+        model, tok, _ = ck.load_model(args.model)
+        if tok is None:
+            raise FileNotFoundError(f"{args.model}: no tokenizer.json in the model folder")
+        return model, tok
+    if not args.tokenizer:
+        raise SystemExit("give --model DIR, or --preset with --tokenizer DIR")
+    tok = Tokenizer.from_directory(args.tokenizer)
+    cfg = get_preset(args.preset, vocab_size=tok.vocab_size)
+    torch.manual_seed(args.seed)
+    model = NanoDeepseekOCR(cfg).init_weights()
+    model.image_token_id = tok.image_id
+    return model, tok
+
+
+if __name__ == "__main__":
+    args = parser.parse_args()
+    d = setup_dist(args.device)
+    model, tok = build(args)
+    run_phase(args, model, tok, "phase1", d)
