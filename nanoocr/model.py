@@ -133,10 +133,12 @@ class NanoDeepseekOCR(nn.Module):
             return x
         vision = torch.cat(vision) if isinstance(vision, (list, tuple)) else vision
         mask = idx == self.image_token_id
-        n_slots = int(mask.sum())
-        if n_slots != vision.shape[0]:
-            raise ValueError(f"the batch has {n_slots} <|image|> placeholders but the images produced "
-                             f"{vision.shape[0]} vision tokens")
+        # the count check costs a host sync (and a graph break under torch.compile), so compiled code skips it
+        if not torch.compiler.is_compiling():
+            n_slots = int(mask.sum())
+            if n_slots != vision.shape[0]:
+                raise ValueError(f"the batch has {n_slots} <|image|> placeholders but the images produced "
+                                 f"{vision.shape[0]} vision tokens")
         return x.masked_scatter(mask[..., None], vision.to(x.dtype))
 
     def forward(self, idx, targets=None, views=None, kv_cache=None, loss_reduction="mean"):

@@ -7,6 +7,7 @@ The phase scripts in scripts/ only choose settings and call `fit`.
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from nanoocr.model import PARTS, part_of
 
 # ----------------------------------------------------------------------------- freeze policies
 
+VISION_PARTS = ("sam", "compressor", "clip")
 POLICIES = {
     "align": ("compressor", "projector"),  # Phase 1 (LLaVA-style alignment)
     "finetune": ("projector", "gpt"),  # Phase 2
@@ -116,6 +118,8 @@ class TrainConfig:
     batch_size: int = 8  # per rank, per micro-step
     total_batch_size: int = 0  # samples per optimiser step over all ranks; 0 = batch_size * world
     lr: float = 1e-3
+    embed_lr_mult: float = 1.0  # the token embedding's lr = lr * this
+    vision_lr_mult: float = 1.0  # SAM, compressor and CLIP train at lr * this
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.95)
     schedule: str = "cosine"
@@ -199,14 +203,24 @@ def autocast_ctx(device):
 
 
 def build_optimizer(model, tc, device):
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    """AdamW; one param group per (lr multiplier, weight decay or not)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("nothing to train: the freeze policy leaves no trainable parameters")
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = {}
+    for name, p in named:
+        if name == "gpt.transformer.wte.weight":
+            # nanochat trains its unit-variance token embedding far faster than its matrices
+            mult, decay = tc.embed_lr_mult, False
+        else:
+            # an encoder trained from scratch at the decoder's lr collapses (every image gives the same tokens)
+            mult = tc.vision_lr_mult if part_of(name) in VISION_PARTS else 1.0
+            decay = p.ndim >= 2
+        g = groups.setdefault((mult, decay), {"params": [], "lr_mult": mult,
+                                              "weight_decay": tc.weight_decay if decay else 0.0})
+        g["params"].append(p)
     fused = str(device).startswith("cuda")
-    return torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, fused=fused)
+    return torch.optim.AdamW(list(groups.values()), lr=tc.lr, betas=tc.betas, fused=fused)
 
 
 def step_flops(model, batch, device):
@@ -236,7 +250,9 @@ def peak_flops(device):
     if not str(device).startswith("cuda"):
         return None
     name = torch.cuda.get_device_name(device)
-    for key, val in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("4090", 165e12)):
+    # dense bf16 peaks; the PCIe H100 is clocked lower than the SXM one
+    for key, val in (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
+                     ("4090", 165e12)):
         if key in name:
             return val
     return None
@@ -313,13 +329,15 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
 
     flops = None
     peak = peak_flops(device)
-    bar = tqdm(total=tc.steps, initial=step, disable=not d.master, dynamic_ncols=True, desc=tc.extra.get("phase"))
+    # redrawn often on a terminal; in a log file one line every few seconds is plenty
+    bar = tqdm(total=tc.steps, initial=step, disable=not d.master, dynamic_ncols=True, desc=tc.extra.get("phase"),
+               mininterval=0.1 if sys.stderr.isatty() else 5.0)
     ema, t_start, last_good = None, time.time(), None
     model.train()
     while step < tc.steps:
         lr = lr_at(step, tc.steps, tc.lr, tc.schedule, tc.warmup_ratio, tc.step_size)
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_mult"]
         t0 = time.time()
         # Fetch the step's micro-batches first so the loss can be a mean over every target token of the
         # global batch: the same update for any split over ranks and accumulation steps.
@@ -360,7 +378,7 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
         post = {"loss": f"{ema:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{tok_s:.0f}", "smp/s": f"{rec['samples_s']:.1f}"}
         if "mfu" in rec:
             post["mfu"] = f"{100 * rec['mfu']:.1f}%"
-        bar.set_postfix(post)
+        bar.set_postfix(post, refresh=False)
 
         last = step == tc.steps
         if val_ds is not None and (step % tc.eval_every == 0 or last):
@@ -443,12 +461,18 @@ def add_args(p, **defaults):
     g.add_argument("--seq-len", type=int, default=None, help="default: the decoder's sequence_len")
     g.add_argument("--synth-kinds", default=None, help="synthetic kinds, e.g. line:3,paragraph:1")
     g.add_argument("--synth-limit", type=int, default=0, help="use only the first N synthetic samples (overfit)")
+    g.add_argument("--synth-set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="SynthConfig overrides for the training data, e.g. line_chars=3,12 augment=0.3")
     g = p.add_argument_group("optimisation")
     g.add_argument("--train", default=defaults["train"], help=f"policy {sorted(POLICIES)} or comma list of parts")
     g.add_argument("--steps", type=int, default=defaults.get("steps", 1000))
     g.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 8), help="per rank, per micro-step")
     g.add_argument("--total-batch-size", type=int, default=defaults.get("total_batch_size", 0))
     g.add_argument("--lr", type=float, default=defaults["lr"])
+    g.add_argument("--embed-lr-mult", type=float, default=defaults.get("embed_lr_mult", 1.0),
+                   help="the decoder's token embedding trains at lr times this (nanochat uses ~50x)")
+    g.add_argument("--vision-lr-mult", type=float, default=defaults.get("vision_lr_mult", 1.0),
+                   help="SAM, compressor and CLIP train at lr times this")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
     g.add_argument("--warmup-ratio", type=float, default=0.03)
@@ -474,6 +498,7 @@ def add_args(p, **defaults):
 def train_config(args, phase):
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, total_batch_size=args.total_batch_size, lr=args.lr,
+        embed_lr_mult=args.embed_lr_mult, vision_lr_mult=args.vision_lr_mult,
         weight_decay=args.weight_decay, schedule=args.schedule, warmup_ratio=args.warmup_ratio,
         step_size=args.step_size, grad_clip=args.grad_clip, eval_every=args.eval_every,
         eval_batches=args.eval_batches, save_every=args.save_every, compile=args.compile,
@@ -491,7 +516,8 @@ def build_datasets(args, model, tokenizer):
     synth_cfg = SynthConfig()
     if args.synth_kinds:
         synth_cfg.kinds = parse_kinds(args.synth_kinds)
-    sources = [open_source(s, synth_cfg) for s in args.data]
+    train_synth = synth_cfg.with_overrides(args.synth_set)
+    sources = [open_source(s, train_synth) for s in args.data]
     if args.synth_limit:
         for s in sources:
             if hasattr(s, "size"):

@@ -11,11 +11,11 @@ tier-1 recipe (everything trains), which a model built from scratch needs.
 import argparse
 
 import torch
-from nanoocr.tokenizer import Tokenizer
 
 from nanoocr import checkpoint as ck
 from nanoocr.model import NanoDeepseekOCR
 from nanoocr.presets import get_preset
+from nanoocr.tokenizer import Tokenizer
 from nanoocr.train import add_args, run_phase, setup_dist
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
