@@ -177,6 +177,28 @@ def bits_per_byte(model, tokenizer, texts, device="cpu", seq_len=None):
     return nats / math.log(2) / max(1, nbytes)
 
 
+@torch.no_grad()
+def image_reliance(model, tokenizer, manifest, mode="base", n=16):
+    """Decoder loss (nats/token) on a manifest's first n samples with their own images, and with each sample's
+    image swapped for the next one's. Equal losses mean the model writes from its language prior and ignores
+    the page (the failure of the system this project is specified from); a reader's loss rises sharply."""
+    from nanoocr.data import DataConfig, JsonlSource, Mixture, OCRDataset, collate
+    model.eval()
+    ds = OCRDataset(Mixture([JsonlSource(manifest)]), tokenizer, model.config,
+                    DataConfig(mode, model.config.gpt.sequence_len))
+    items = [it for it in (ds[k] for k in range(n)) if "skip" not in it]
+    # only same-size vision sequences can swap places: keep the commonest token count
+    count = lambda it: int((it["ids"] == tokenizer.image_id).sum())
+    common = max({count(it) for it in items}, key=[count(it) for it in items].count)
+    items = [it for it in items if count(it) == common]
+    if len(items) < 2:
+        raise ValueError(f"{manifest}: fewer than 2 usable samples with the same number of vision tokens")
+    own, swapped = collate(items), collate(items[1:] + items[:1])
+    a = model(own["inputs"], own["targets"], views=own["views"]).item()
+    b = model(own["inputs"], own["targets"], views=swapped["views"]).item()
+    return {"own": a, "swapped": b, "n": len(items)}
+
+
 def format_summary(summary):
     lines = ["| set | n | CER | WER | NED | precision | exact |", "|---|---|---|---|---|---|---|"]
     for k, s in summary["by_kind"].items():

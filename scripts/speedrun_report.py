@@ -84,6 +84,18 @@ def main(args):
         md += [f"| {c['set']} | {c['bucket']} | {c['n']} | {100 * c['precision']:.1f}% | {100 * c['cer']:.2f}% |"
                for c in comp]
 
+    from nanoocr.checkpoint import load_model
+    from nanoocr.evaluate import image_reliance
+    model, tok, _ = load_model(base / "model")
+    md += ["", "## Does it look at the page?", "",
+           "Decoder loss (nats/token) on held-out samples with their own images and with each image swapped for "
+           "another sample's. A model that reads does much worse on the wrong page; equal numbers mean it "
+           "writes from its language prior alone.", "",
+           "| set | n | own images | swapped images |", "|---|---|---|---|"]
+    for kind in ("line", "paragraph"):
+        r = image_reliance(model, tok, base / "data" / f"heldout_{kind}" / "manifest.jsonl", n=32)
+        md.append(f"| {kind} | {r['n']} | {r['own']:.3f} | {r['swapped']:.3f} |")
+
     from nanoocr.synth import corpus
     texts = corpus()["heldout"].paragraphs[: args.bpb_paragraphs]
     before, after = bpb(base / "phase1" / "model", texts), bpb(base / "model", texts)

@@ -128,3 +128,21 @@ def test_eval_command(tiny_model_dir, tmp_path, capsys):
     summary = json.loads((tmp_path / "eval" / "heldout_line.summary.json").read_text())
     assert summary["n"] == 3 and summary["by_kind"]["line"]["n"] == 3
     assert len((tmp_path / "eval" / "heldout_line.jsonl").read_text().splitlines()) == 3
+
+
+def test_image_reliance_tells_a_reader_from_a_blind_model(tiny_model_dir, tmp_path):
+    from nanoocr.checkpoint import load_model
+    from nanoocr.evaluate import image_reliance
+    from nanoocr.synth import SynthConfig, write_dataset
+    manifest = write_dataset(tmp_path / "d", 6, SynthConfig(kinds={"line": 1.0}), "heldout")
+    model, tok, _ = load_model(tiny_model_dir)
+    with torch.no_grad():  # nanochat zero-inits the blocks' output projections: only then can context matter
+        for name, p in model.gpt.named_parameters():
+            if name.endswith("c_proj.weight"):
+                p.normal_(std=0.1)
+    r = image_reliance(model, tok, manifest, mode="base", n=6)
+    assert r["n"] == 6 and r["own"] != r["swapped"]  # the random model's output depends on its image
+    with torch.no_grad():  # a blind model: every image gives the same vision tokens
+        model.projector.layers.weight.zero_()
+    r = image_reliance(model, tok, manifest, mode="base", n=6)
+    assert r["own"] == pytest.approx(r["swapped"], abs=1e-6)

@@ -88,7 +88,8 @@ def test_overfit_phase1_then_phase2(tok_dir, tmp_path):
     p1, p2 = tmp_path / "p1", tmp_path / "p2"
     # a from-scratch encoder at the decoder's lr blurs images together; at 0.3x it tells all 10 apart
     _phase(["-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir), "--train", "all",
-            "--synth-limit", "10", "--steps", "400", "--lr", "3e-3", "--vision-lr-mult", "0.3", "--warmup-ratio", "0.05", "--out", str(p1),
+            "--synth-limit", "10", "--steps", "400", "--lr", "3e-3", "--vision-lr-mult", "0.3",
+            "--warmup-ratio", "0.05", "--out", str(p1),
             *TINY], ROOT)
     _phase(["-m", "scripts.vis_mid_train", "--model", str(p1 / "model"), "--resume-from-deepencoder",
             str(p1 / "deepencoder.safetensors"), "--synth-limit", "10", "--steps", "40", "--lr", "1e-3",
