@@ -19,7 +19,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="nanoocr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, add_help=False)  # -h goes on to the command's own parser
         p.set_defaults(_module=module)
     # parse the command name first so only that command's module (and its imports) is loaded
     args, rest = parser.parse_known_args(argv)

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import textwrap
 from pathlib import Path
 
 import torch
@@ -38,14 +39,17 @@ def sample_figure(rows_path, image_dir, out_png):
     row = rows[0]
     page = Image.open(Path(image_dir) / "images" / "000000.png").convert("RGB")
     font = ImageFont.load_default(size=13)
-    lines = ["TRUE:"] + row["ref"].splitlines() + ["", "MODEL:"] + row["pred"].splitlines()
+    wrap = lambda text: [w for line in text.splitlines() for w in textwrap.wrap(line, 70) or [""]]
+    pred = wrap(row["pred"])
+    pred = pred[:12] + ["[...]"] * (len(pred) > 12)  # a model that never stops would fill the picture
+    lines = ["TRUE:"] + wrap(row["ref"]) + ["", "MODEL:"] + pred
     w = max(page.width, 20 + max(int(font.getlength(t)) for t in lines))
     h = page.height + 20 + 17 * len(lines)
     canvas = Image.new("RGB", (w, h), "white")
     canvas.paste(page, (0, 0))
     d = ImageDraw.Draw(canvas)
     for i, t in enumerate(lines):
-        d.text((10, page.height + 10 + 17 * i), t, fill=(0, 0, 0) if i < len(row["ref"].splitlines()) + 1
+        d.text((10, page.height + 10 + 17 * i), t, fill=(0, 0, 0) if i < len(lines) - len(pred) - 1
                else (20, 60, 160), font=font)
     canvas.save(out_png)
     return row

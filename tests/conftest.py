@@ -1,6 +1,11 @@
 """Shared fixtures: a tiny tokenizer and a tiny random-init model folder, built once per test session.
 The model's output is gibberish, so tests that use it assert structure and behaviour, never words."""
 
+import json
+import sys
+import types
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -40,3 +45,24 @@ def tiny_model_dir(tokenizer, tmp_path_factory):
     torch.random.set_rng_state(state)
     model.image_token_id = tokenizer.image_id
     return save_model(model, tmp_path_factory.mktemp("models") / "tiny", tokenizer=tokenizer, meta={"preset": "tiny"})
+
+
+class StandInTokenizer:
+    """The tokenizer API that checkpoint.py and weights.py rely on: their plumbing tested on its own."""
+
+    def __init__(self, vocab_size, image_id):
+        self.vocab_size, self.image_id = vocab_size, image_id
+
+    def save(self, path):
+        (Path(path) / "tokenizer.json").write_text(json.dumps(vars(self)))
+
+    @classmethod
+    def from_directory(cls, path):
+        return cls(**json.loads((Path(path) / "tokenizer.json").read_text()))
+
+
+@pytest.fixture
+def stand_in_tokenizer(monkeypatch):
+    """The StandInTokenizer class, installed as nanoocr.tokenizer.Tokenizer for the test."""
+    monkeypatch.setitem(sys.modules, "nanoocr.tokenizer", types.SimpleNamespace(Tokenizer=StandInTokenizer))
+    return StandInTokenizer

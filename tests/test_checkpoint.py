@@ -3,9 +3,6 @@ and every bad input is an error that names the file, the key and the shapes."""
 
 import json
 import random
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,26 +174,6 @@ def test_repo_id_goes_through_huggingface_hub(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"someorg/mymodel: no such local model folder.*no route to "
                                                 r"host.*Pass a local folder"):
         ck.load_model("someorg/mymodel")
-
-
-class StandInTokenizer:
-    """The tokenizer API that checkpoint.py relies on, so its plumbing is tested without nanoocr.tokenizer."""
-
-    def __init__(self, vocab_size, image_id):
-        self.vocab_size, self.image_id = vocab_size, image_id
-
-    def save(self, path):
-        (Path(path) / "tokenizer.json").write_text(json.dumps(vars(self)))
-
-    @classmethod
-    def from_directory(cls, path):
-        return cls(**json.loads((Path(path) / "tokenizer.json").read_text()))
-
-
-@pytest.fixture
-def stand_in_tokenizer(monkeypatch):
-    monkeypatch.setitem(sys.modules, "nanoocr.tokenizer", types.SimpleNamespace(Tokenizer=StandInTokenizer))
-    return StandInTokenizer
 
 
 def test_model_tokenizer_plumbing(tmp_path, stand_in_tokenizer):

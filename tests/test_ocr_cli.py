@@ -131,3 +131,11 @@ def test_stdin_in_a_subprocess(tiny_model_dir, inputs):
     rows = [json.loads(line) for line in p.stdout.decode().splitlines()]
     assert len(rows) == 1 and rows[0]["page"] == 1 and isinstance(rows[0]["text"], str)
     assert SUMMARY.search(p.stderr.decode()).groups() == ("1", "0")
+
+
+@pytest.mark.parametrize("command,option", [("serve", "--port"), ("ocr", "--prompt"), ("eval", "--data"),
+                                            ("synth", "--set"), ("import-weights", "--nanochat")])
+def test_each_command_has_its_own_help(command, option, capsys):
+    with pytest.raises(SystemExit) as e:
+        nanoocr([command, "--help"])
+    assert e.value.code == 0 and option in capsys.readouterr().out

@@ -3,9 +3,6 @@ strict errors that name file/key/shape, and import-weights end to end. Tiny rand
 
 import argparse
 import json
-import sys
-import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -394,22 +391,8 @@ def test_import_weights_deepseek_release(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(src.encode_images(views), model.encode_images(views)))
 
 
-class StandInTokenizer:
-    """The tokenizer API that weights.py relies on, so its plumbing is tested without nanoocr.tokenizer."""
-
-    def __init__(self, vocab_size, image_id):
-        self.vocab_size, self.image_id = vocab_size, image_id
-
-    def save(self, path):
-        (Path(path) / "tokenizer.json").write_text(json.dumps(vars(self)))
-
-    @classmethod
-    def from_directory(cls, path):
-        return cls(**json.loads((Path(path) / "tokenizer.json").read_text()))
-
-
-def test_import_weights_tokenizer_plumbing(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "nanoocr.tokenizer", types.SimpleNamespace(Tokenizer=StandInTokenizer))
+def test_import_weights_tokenizer_plumbing(tmp_path, stand_in_tokenizer):
+    StandInTokenizer = stand_in_tokenizer
     (tmp_path / "tok").mkdir()
     StandInTokenizer(262, 257).save(tmp_path / "tok")
     W.save_nanochat(tiny_gpt(0), tmp_path / "nc", step=1)  # 250 rows
