@@ -562,6 +562,10 @@ def run_phase(args, model, tokenizer, phase, d):
 
     result = fit(model, tokenizer, train_ds, val_ds, tc, d, resume=resume, find_unused=find_unused,
                  on_save=on_save)
+    if d.ddp:
+        # a rank that exits while another still talks to it aborts the whole job ("terminate called ...")
+        dist.barrier()
+        dist.destroy_process_group()
     result["params"] = summary
     if d.master:
         (out / "summary.json").write_text(json.dumps(result, indent=2))
