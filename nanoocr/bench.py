@@ -41,11 +41,9 @@ import torch.nn as nn
 from PIL import Image
 
 from nanoocr.data import DataConfig, Mixture, OCRDataset, SynthSource, make_loader
-from nanoocr.engine import Engine
-from nanoocr.image import MODES, ViewBatch, choose_tiles, collate_views, make_views, num_image_tokens
+from nanoocr.image import MODES, ViewBatch, choose_tiles, collate_views, make_views
 from nanoocr.model import NanoDeepseekOCR
 from nanoocr.presets import get_preset
-from nanoocr.prompts import prompt_text
 from nanoocr.reader import Reader
 from nanoocr.synth import SynthConfig, corpus, generate
 from nanoocr.tokenizer import Tokenizer
@@ -357,14 +355,17 @@ def pages(n):
     return [generate(i, cfg).image for i in range(n)]
 
 
-def prompt_ids(model, tok, image, mode):
-    n = num_image_tokens(image.width, image.height, mode, model.config)
-    return tok.render_for_completion([{"role": "user", "content": prompt_text("free")}], [n])
+def bench_reader(model, tok, args, dev):
+    """A Reader that generates exactly new_tokens per page: random weights would stop anywhere."""
+    reader = Reader(model, tok, device=str(dev), mode=args.mode, max_new_tokens=args.new_tokens)
+    reader.engine.autocast_dtype = None if args.dtype == "fp32" else DTYPES[args.dtype]
+    reader.stop = []
+    return reader
 
 
 def generate_once(engine, prompts, views, args, dev):
     B, N = len(prompts), args.new_tokens
-    # stop_ids=(): random weights would stop anywhere; every row must produce exactly n tokens
+    # stop_ids=(): every row produces exactly n tokens
     gen = lambda n, cache=True: engine.generate(prompts, views, n, stop_ids=(), use_cache=cache)
     t1 = timeit(lambda: gen(1), args, dev)  # encode the images + prefill + the first token
     tn = timeit(lambda: gen(N), args, dev)
@@ -377,13 +378,13 @@ def generate_once(engine, prompts, views, args, dev):
 
 
 def bench_generate(model, tok, args, dev, rec, rates):
-    engine = Engine(model, dev, autocast_dtype=DTYPES[args.dtype])
+    reader = bench_reader(model, tok, args, dev)
     page = pages(1)[0]
+    prompt = reader.prompt_ids(page)
     for b in args.batch_sizes:
-        prompts = [prompt_ids(model, tok, page, args.mode)] * b
         views = collate_views([make_views(page, args.mode, model.config)] * b)
-        base = {"kind": "generate", "mode": args.mode, "batch": b, "prompt_len": len(prompts[0])}
-        rec.attempt(base, partial(generate_once, engine, prompts, views, args, dev))
+        base = {"kind": "generate", "mode": args.mode, "batch": b, "prompt_len": len(prompt)}
+        rec.attempt(base, partial(generate_once, reader.engine, [prompt] * b, views, args, dev))
 
 
 def e2e_once(reader, paths, args, dev):
@@ -399,9 +400,7 @@ def e2e_once(reader, paths, args, dev):
 
 def bench_e2e(model, tok, args, dev, rec, rates):
     sizes = (1, 2) if args.smoke else (1, 8)
-    reader = Reader(model, tok, device=str(dev), mode=args.mode, max_new_tokens=args.new_tokens)
-    reader.engine.autocast_dtype = None if args.dtype == "fp32" else DTYPES[args.dtype]
-    reader.stop = []  # as in generate: exactly new_tokens per page
+    reader = bench_reader(model, tok, args, dev)
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for i, im in enumerate(pages(max(sizes))):

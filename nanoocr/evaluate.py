@@ -16,7 +16,7 @@ per bucket of text tokens per vision token, the paper's main figure at our scale
 import json
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
@@ -188,9 +188,9 @@ def image_reliance(model, tokenizer, manifest, mode="base", n=16):
                     DataConfig(mode, model.config.gpt.sequence_len))
     items = [it for it in (ds[k] for k in range(n)) if "skip" not in it]
     # only same-size vision sequences can swap places: keep the commonest token count
-    count = lambda it: int((it["ids"] == tokenizer.image_id).sum())
-    common = max({count(it) for it in items}, key=[count(it) for it in items].count)
-    items = [it for it in items if count(it) == common]
+    counts = [int((it["ids"] == tokenizer.image_id).sum()) for it in items]
+    common = Counter(counts).most_common(1)[0][0] if items else None
+    items = [it for it, c in zip(items, counts) if c == common]
     if len(items) < 2:
         raise ValueError(f"{manifest}: fewer than 2 usable samples with the same number of vision tokens")
     own, swapped = collate(items), collate(items[1:] + items[:1])

@@ -7,8 +7,9 @@ A grounded answer is a run of blocks, each a header then that region's markdown:
     # A heading
 
 Coordinates are integers 0..999 of the image's width and height; a det may hold several boxes. The parser
-accepts only that shape (non-negative integers, exactly four per box, x1 <= x2, y1 <= y2, all <= 999): it never
-evaluates model output, as DeepSeek's reference code does with eval(). A header that is not exactly that
+accepts only that shape (non-negative integers, exactly four per box, x1 <= x2, y1 <= y2, all <= 999) and reads
+it with a regular expression: model output is never run as code (DeepSeek's reference code passes it to
+Python's eval). A header that is not exactly that
 shape is no block: its text stays in the page's text (the grounding markers themselves are dropped, so the
 markdown and plain text never carry `<|ref|>`/`<|det|>` tokens), as does a `<|ref|>x<|/ref|>` with no det.
 """

@@ -20,7 +20,6 @@ import math
 import os
 import random
 import re
-import string
 import sysconfig
 import textwrap
 import unicodedata
@@ -224,9 +223,6 @@ class SynthConfig:
     augment: float = 0.5  # 0 = clean; 1 = strongest noise/blur/JPEG/rotation/perspective/lighting
     fonts: str = "auto"  # "auto" = the split's fonts; "train"/"heldout" force one set (ablations)
     text: str = "auto"  # same for the text corpus
-    # "corpus": running text; "shuffled": corpus words in random order; "random": random character strings.
-    # Text a language model cannot predict makes a model from scratch look at the image (see runs/runcpu.sh)
-    word_order: str = "corpus"
 
     def with_overrides(self, assignments):
         """A copy with "field=value" strings applied; tuples are comma lists ("line_chars=3,12")."""
@@ -682,21 +678,6 @@ def _fresh(text):
     return not any(len(s) >= MIN_FRESH and s in train for s in (line.lstrip("# ") for line in lines))
 
 
-_RANDOM_CHARS = string.ascii_letters * 4 + string.digits * 2 + string.punctuation
-
-
-def _words(rng, words, order, n=512):
-    """The word stream a sample draws from: the corpus as written, or words no language model can predict."""
-    if order == "corpus":
-        return words
-    if order == "shuffled":
-        return [rng.choice(words) for _ in range(n)]
-    if order == "random":  # half letters-only (what headings and table cells ask for), half any printable
-        return ["".join(rng.choices(string.ascii_letters if i % 2 else _RANDOM_CHARS, k=rng.randint(1, 9)))
-                for i in range(n)]
-    raise ValueError(f"unknown word_order {order!r}; choose corpus, shuffled or random")
-
-
 def generate(index: int, cfg: SynthConfig, split: str = "train") -> Sample:
     """Sample `index` of `split`: a pure function of (cfg.seed, split, index) and the config."""
     if split not in SPLITS:
@@ -710,9 +691,9 @@ def generate(index: int, cfg: SynthConfig, split: str = "train") -> Sample:
         # str seeds are hashed with sha512: the same sample in every process and on every run
         rng = random.Random(f"{cfg.seed}:{split}:{index}" + (f":{attempt}" if attempt else ""))
         kind = rng.choices(list(cfg.kinds), weights=list(cfg.kinds.values()))[0]
-        ctx = _Ctx(rng, cfg, _words(rng, corpus()[text_split].words, cfg.word_order), fonts)
+        ctx = _Ctx(rng, cfg, corpus()[text_split].words, fonts)
         text, prompt, block = _KINDS[kind](ctx)
-        if text_split == "train" or cfg.word_order != "corpus" or _fresh(text):
+        if text_split == "train" or _fresh(text):
             break
     x1, y1, x2, y2 = union(ctx.doc.extents)
     x1, y1 = math.floor(x1), math.floor(y1)

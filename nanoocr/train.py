@@ -118,7 +118,6 @@ class TrainConfig:
     batch_size: int = 8  # per rank, per micro-step
     total_batch_size: int = 0  # samples per optimiser step over all ranks; 0 = batch_size * world
     lr: float = 1e-3
-    embed_lr_mult: float = 1.0  # the token embedding's lr = lr * this
     vision_lr_mult: float = 1.0  # SAM, compressor and CLIP train at lr * this
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.95)
@@ -209,13 +208,9 @@ def build_optimizer(model, tc, device):
         raise ValueError("nothing to train: the freeze policy leaves no trainable parameters")
     groups = {}
     for name, p in named:
-        if name == "gpt.transformer.wte.weight":
-            # nanochat trains its unit-variance token embedding far faster than its matrices
-            mult, decay = tc.embed_lr_mult, False
-        else:
-            # an encoder trained from scratch at the decoder's lr collapses (every image gives the same tokens)
-            mult = tc.vision_lr_mult if part_of(name) in VISION_PARTS else 1.0
-            decay = p.ndim >= 2
+        # an encoder trained from scratch at the decoder's lr collapses (every image gives the same tokens)
+        mult = tc.vision_lr_mult if part_of(name) in VISION_PARTS else 1.0
+        decay = p.ndim >= 2
         g = groups.setdefault((mult, decay), {"params": [], "lr_mult": mult,
                                               "weight_decay": tc.weight_decay if decay else 0.0})
         g["params"].append(p)
@@ -469,8 +464,6 @@ def add_args(p, **defaults):
     g.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 8), help="per rank, per micro-step")
     g.add_argument("--total-batch-size", type=int, default=defaults.get("total_batch_size", 0))
     g.add_argument("--lr", type=float, default=defaults["lr"])
-    g.add_argument("--embed-lr-mult", type=float, default=defaults.get("embed_lr_mult", 1.0),
-                   help="the decoder's token embedding trains at lr times this (nanochat uses ~50x)")
     g.add_argument("--vision-lr-mult", type=float, default=defaults.get("vision_lr_mult", 1.0),
                    help="SAM, compressor and CLIP train at lr times this")
     g.add_argument("--weight-decay", type=float, default=0.0)
@@ -498,7 +491,7 @@ def add_args(p, **defaults):
 def train_config(args, phase):
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, total_batch_size=args.total_batch_size, lr=args.lr,
-        embed_lr_mult=args.embed_lr_mult, vision_lr_mult=args.vision_lr_mult,
+        vision_lr_mult=args.vision_lr_mult,
         weight_decay=args.weight_decay, schedule=args.schedule, warmup_ratio=args.warmup_ratio,
         step_size=args.step_size, grad_clip=args.grad_clip, eval_every=args.eval_every,
         eval_batches=args.eval_batches, save_every=args.save_every, compile=args.compile,

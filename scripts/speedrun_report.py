@@ -24,13 +24,6 @@ parser.add_argument("--bpb-paragraphs", type=int, default=40, help="held-out cor
 TARGETS = {"line": 0.03, "paragraph": 0.10}  # held-out CER targets of the speedrun
 
 
-def bpb(model_dir, texts):
-    from nanoocr.checkpoint import load_model
-    from nanoocr.evaluate import bits_per_byte
-    model, tok, _ = load_model(model_dir)
-    return bits_per_byte(model, tok, texts)
-
-
 def sample_figure(rows_path, image_dir, out_png):
     """The first held-out page, its true text and the model's text, one picture."""
     rows = [json.loads(line) for line in Path(rows_path).read_text().splitlines() if line.strip()]
@@ -89,7 +82,7 @@ def main(args):
                for c in comp]
 
     from nanoocr.checkpoint import load_model
-    from nanoocr.evaluate import image_reliance
+    from nanoocr.evaluate import bits_per_byte, image_reliance
     model, tok, _ = load_model(base / "model")
     md += ["", "## Does it look at the page?", "",
            "Decoder loss (nats/token) on held-out samples with their own images and with each image swapped for "
@@ -102,7 +95,8 @@ def main(args):
 
     from nanoocr.synth import corpus
     texts = corpus()["heldout"].paragraphs[: args.bpb_paragraphs]
-    before, after = bpb(base / "phase1" / "model", texts), bpb(base / "model", texts)
+    phase1, _, _ = load_model(base / "phase1" / "model")
+    before, after = bits_per_byte(phase1, tok, texts), bits_per_byte(model, tok, texts)
     md += ["", "## Language retention", "",
            f"Decoder bits per byte on {len(texts)} held-out corpus paragraphs: after Phase 1 {before:.3f}, "
            f"after Phase 2 {after:.3f} (lower is better; Phase 2 mixes text-only chat in to keep this from rising)."]
