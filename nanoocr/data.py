@@ -8,6 +8,7 @@ resume at any sample and every DDP rank reads its own slice without coordination
 
 import hashlib
 import json
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nanoocr.image import collate_views, make_views, num_image_tokens
+from nanoocr.image import collate_views, grid_side, make_views, num_image_tokens, view_geometry
 from nanoocr.prompts import prompt_text
 
 
@@ -138,7 +139,8 @@ class SynthSource:
     def __getitem__(self, i):
         from nanoocr.synth import generate
         s = generate(i, self.cfg, self.split)
-        return {"images": [s.image], "messages": ocr_messages(s.text, s.prompt), "where": f"synth:{self.split}:{i}"}
+        return {"images": [s.image], "messages": ocr_messages(s.text, s.prompt), "where": f"synth:{self.split}:{i}",
+                "glyphs": s.glyphs}
 
 
 def open_source(spec, synth_cfg=None):
@@ -198,6 +200,7 @@ class OCRDataset(torch.utils.data.Dataset):
 
     def __init__(self, mixture, tokenizer, model_cfg, data_cfg):
         self.mix, self.tok, self.cfg, self.dcfg = mixture, tokenizer, model_cfg, data_cfg
+        self._char_ids = {}
 
     def __len__(self):
         return 2**62
@@ -225,8 +228,43 @@ class OCRDataset(torch.utils.data.Dataset):
             if ids.count(self.tok.image_id) != sum(counts):  # an image in a late turn was cut
                 raise BadSample(f"{ex.get('where', '?')}: truncation to seq_len {self.dcfg.seq_len} cuts an image")
         views = [make_views(im, self.dcfg.mode, self.cfg) for im in ex["images"]]
+        glyphs = torch.full((sum(counts),), -1, dtype=torch.long)
+        if ex.get("glyphs") is not None and len(ex["images"]) == 1 and self.dcfg.mode != "gundam":
+            glyphs = glyph_targets(ex["glyphs"], ex["images"][0].size, self.dcfg.mode, self.cfg, self._char_id)
         return {"ids": torch.tensor(ids), "mask": torch.tensor(mask, dtype=torch.bool), "views": views,
-                "truncated": truncated}
+                "truncated": truncated, "glyphs": glyphs}
+
+    def _char_id(self, c):
+        ids = self._char_ids.get(c)
+        if ids is None:
+            ids = self._char_ids[c] = self.tok.encode(c)
+        return ids[0] if len(ids) == 1 else -1
+
+
+def glyph_targets(glyphs, size, mode, cfg, char_id):
+    """Labels of one image's vision tokens (layout tokens included) for the dense reading loss: the
+    character whose centre lies in a token's cell, the space token for an empty cell of the page, -1 (no
+    loss) for cells holding several centres, cells of padding, and the newline/separator tokens."""
+    s = cfg.sizes["base" if mode == "gundam" else mode]
+    g = grid_side(s, cfg.sam.patch_size)
+    sx, sy, ox, oy = view_geometry(*size, mode, cfg)
+    cells = np.full((g, g), -1, dtype=np.int64)
+    x0, y0, x1, y1 = (math.floor(v * g / s) for v in (ox, oy, ox + size[0] * sx - 1, oy + size[1] * sy - 1))
+    cells[max(0, y0):y1 + 1, max(0, x0):x1 + 1] = char_id(" ")  # the page's cells; padding stays -1
+    if glyphs:
+        xy = np.array([(x, y) for _, x, y in glyphs], dtype=np.float64)
+        gx = np.floor((xy[:, 0] * sx + ox) * g / s).astype(np.int64)
+        gy = np.floor((xy[:, 1] * sy + oy) * g / s).astype(np.int64)
+        ok = (gx >= 0) & (gx < g) & (gy >= 0) & (gy < g)
+        ids = np.array([char_id(c) for c, _, _ in glyphs], dtype=np.int64)[ok]
+        gx, gy = gx[ok], gy[ok]
+        hits = np.zeros((g, g), dtype=np.int64)
+        np.add.at(hits, (gy, gx), 1)
+        cells[gy, gx] = ids
+        cells[hits > 1] = -1
+    layout = np.full((g, g + 1), -1, dtype=np.int64)  # + the newline column
+    layout[:, :g] = cells
+    return torch.from_numpy(np.append(layout.ravel(), -1))  # + the view separator
 
 
 def collate(items):
@@ -244,7 +282,9 @@ def collate(items):
         inputs[r, :n] = ids[:-1]
         targets[r, :n] = torch.where(mask[1:], ids[1:], -1)
     views = [v for it in items for v in it["views"]]
-    return {"inputs": inputs, "targets": targets, "views": collate_views(views), "skips": skips,
+    glyphs = torch.cat([it["glyphs"] for it in items])  # aligned with the batch's vision tokens
+    return {"inputs": inputs, "targets": targets, "views": collate_views(views), "glyphs": glyphs,
+            "glyph_cells": int((glyphs >= 0).sum()), "skips": skips,
             "truncated": sum(it["truncated"] for it in items), "samples": len(items)}
 
 

@@ -62,6 +62,18 @@ def num_image_tokens(width, height, mode, cfg):
     return n
 
 
+def view_geometry(width, height, mode, cfg):
+    """(sx, sy, ox, oy): image pixel (x, y) lands at (x * sx + ox, y * sy + oy) in the global view."""
+    check_mode(mode)
+    if mode in ("tiny", "small"):
+        s = cfg.sizes[mode]
+        return s / width, s / height, 0, 0
+    s = cfg.sizes["base" if mode == "gundam" else mode]
+    # ImageOps.pad: fit the longer side, round the other, centre it
+    w, h = (s, round(height / width * s)) if width >= height else (round(width / height * s), s)
+    return w / width, h / height, round((s - w) / 2), round((s - h) / 2)
+
+
 def to_tensor(img):
     # uint8 HWC -> float CHW in [-1, 1] (mean = std = 0.5)
     x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)

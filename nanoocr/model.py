@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from nanoocr.clip import ClipTrunk
-from nanoocr.gpt import GPT
+from nanoocr.gpt import GPT, norm
 from nanoocr.sam import SamEncoder
 
 # parameter groups by name prefix: what freeze policies, checkpoints and reports talk about
@@ -141,11 +141,23 @@ class NanoDeepseekOCR(nn.Module):
                                  f"{vision.shape[0]} vision tokens")
         return x.masked_scatter(mask[..., None], vision.to(x.dtype))
 
-    def forward(self, idx, targets=None, views=None, kv_cache=None, loss_reduction="mean"):
-        """idx (B, T); views: a ViewBatch for the images of all rows in order (None for text-only)."""
+    def forward(self, idx, targets=None, views=None, kv_cache=None, loss_reduction="mean", glyphs=None):
+        """idx (B, T); views: a ViewBatch for the images of all rows in order (None for text-only).
+        glyphs (n_vision_tokens,), -1 = none: also return the dense reading loss, (loss, glyph_loss)."""
         vision = self.encode_images(views) if views is not None else None
         embeds = self.embed(idx, vision)
-        return self.gpt(embeds=embeds, targets=targets, kv_cache=kv_cache, loss_reduction=loss_reduction)
+        out = self.gpt(embeds=embeds, targets=targets, kv_cache=kv_cache, loss_reduction=loss_reduction)
+        if glyphs is None:
+            return out
+        return out, self.glyph_loss(vision, glyphs, loss_reduction)
+
+    def glyph_loss(self, vision, glyphs, reduction="sum"):
+        """Each vision token, read through the decoder's own head, must name the character drawn in its
+        cell. A from-scratch encoder gets a label per token instead of one per page, and the characters
+        arrive in the decoder already in the directions its head reads out."""
+        if vision is None or not len(glyphs):
+            return self.projector.layers.weight.sum() * 0.0  # keeps DDP's every-parameter-has-a-grad rule
+        return self.gpt.loss(norm(torch.cat(vision)), glyphs, reduction)
 
     def param_counts(self):
         counts = dict.fromkeys(PARTS, 0)

@@ -92,7 +92,14 @@ def v_extent(font):
 
 
 def fonts_for(split):
-    return TRAIN_FONTS if split == "train" else HELDOUT_FONTS
+    """A split's faces, or a comma list of TTF files from matplotlib's font folder."""
+    if split in SPLITS:
+        return TRAIN_FONTS if split == "train" else HELDOUT_FONTS
+    faces = tuple(f.strip() for f in split.split(",") if f.strip())
+    missing = [f for f in faces if not (FONT_DIR / f).is_file()]
+    if missing or not faces:
+        raise ValueError(f"synth fonts {split!r}: no such font(s) {missing} in {FONT_DIR}")
+    return faces
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -135,6 +142,14 @@ def clean_paragraph(par):
     return text
 
 
+RANDOM_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:'\"!?()-/&%$#"
+
+
+def random_words(rng, chars=RANDOM_CHARS, n=400):
+    """Words of random characters: text a reader can only get from the pixels, never from a language prior."""
+    return ["".join(rng.choices(chars, k=rng.randint(1, 8))) for _ in range(n)]
+
+
 def _heldout(par):
     return int(hashlib.md5(par.lower().encode()).hexdigest(), 16) % 100 < HELDOUT_PERCENT
 
@@ -167,11 +182,12 @@ class _Stream:
         self._skip()
 
     def _skip(self):
-        while True:
+        for _ in range(len(self.words)):
             w = self.words[self.i % len(self.words)]
             if self.bad.isdisjoint(w) and (self.pred is None or self.pred(w)):
                 return
             self.i += 1
+        raise NoFit("no word in the text source suits this font and kind")
 
     def peek(self):
         return self.words[self.i % len(self.words)]
@@ -187,12 +203,18 @@ def _plain(w):
     return w.isalpha() and 3 <= len(w) <= 10
 
 
+class NoFit(ValueError):
+    """The config leaves no room for the text (e.g. fonts too large for the width)."""
+
+
 def wrap(stream, font, width, n_lines, max_chars=10**6):
     """Greedy line filling from a word stream: n_lines lines, each at most `width` px and `max_chars`."""
     lines = []
     for _ in range(n_lines):
-        line = ""
+        line, skipped = "", 0
         while True:
+            if skipped > 200:
+                raise NoFit(f"no word fits in {width:.0f} px at font size {font.size}")
             w = stream.peek()
             cand = line + " " + w if line else w
             if not line and not any(c.isalnum() for c in w):
@@ -202,6 +224,7 @@ def wrap(stream, font, width, n_lines, max_chars=10**6):
                 stream.pop()
             elif not line:
                 stream.pop()  # a word wider than the whole line is skipped, not split
+                skipped += 1
             else:
                 break
         lines.append(line)
@@ -221,8 +244,9 @@ class SynthConfig:
     paragraph_lines: tuple = (3, 6)
     margin: tuple = (4, 12)  # px of paper around the text, each side drawn independently
     augment: float = 0.5  # 0 = clean; 1 = strongest noise/blur/JPEG/rotation/perspective/lighting
-    fonts: str = "auto"  # "auto" = the split's fonts; "train"/"heldout" force one set (ablations)
-    text: str = "auto"  # same for the text corpus
+    fonts: str = "auto"  # "auto" = the split's fonts; "train"/"heldout" force one set; or "a.ttf,b.ttf" (ablations)
+    text: str = "auto"  # same for the text corpus; "random" = random character strings (no language to guess from)
+    random_chars: str = RANDOM_CHARS  # the alphabet of text="random"
 
     def with_overrides(self, assignments):
         """A copy with "field=value" strings applied; tuples are comma lists ("line_chars=3,12")."""
@@ -250,6 +274,7 @@ class Sample:
     kind: str
     prompt: str  # "free", "md" (markdown, no boxes) or "layout" (grounded markdown)
     boxes: list = field(default_factory=list)  # [(label, (x1, y1, x2, y2))] in pixels of `image`
+    glyphs: list = field(default_factory=list)  # [(char, x, y)]: the centre of every drawn non-space character
     font: str = ""  # the body font's file name
 
 
@@ -259,7 +284,7 @@ class _Doc:
     """Draw operations in content coordinates; rendered once the page size is known."""
 
     def __init__(self, ink):
-        self.ops, self.boxes, self.ink, self.extents = [], [], ink, []
+        self.ops, self.boxes, self.ink, self.extents, self.glyphs = [], [], ink, [], []
 
     def text(self, x, y, s, font, fill=None):
         """Draw s with its ascender line at y; returns its ink box."""
@@ -267,6 +292,10 @@ class _Doc:
         l, t, r, b = font.getbbox(s)
         top, bottom = v_extent(font)  # pages get room for the line, not just this text's ink
         self.extents.append((x + l, y + top, x + r, y + bottom))
+        # glyph centres, the labels of a dense reading loss: advance widths along the line, mid-line height
+        cy = y + (top + bottom) / 2
+        self.glyphs += [(c, x + font.getlength(s[:i]) + font.getlength(c) / 2, cy)
+                        for i, c in enumerate(s) if not c.isspace()]
         return (x + l, y + t, x + r, y + b)
 
     def words(self, x, y, words, font, width):
@@ -302,7 +331,8 @@ class _Doc:
                 xy, fill, width = op[1:]
                 d.line([(x + dx, y + dy) for x, y in xy], fill=fill, width=width)
         boxes = [(lab, (x1 + dx, y1 + dy, x2 + dx, y2 + dy)) for lab, (x1, y1, x2, y2) in self.boxes]
-        return img, boxes
+        glyphs = [(c, x + dx, y + dy) for c, x, y in self.glyphs]
+        return img, boxes, glyphs
 
 
 def union(boxes):
@@ -498,10 +528,12 @@ def _table(ctx):
 
     while sum(widths()) > cfg.page_width and len(rows[0]) > 2:
         rows, types = [r[:-1] for r in rows], types[:-1]
-    while sum(widths()) > cfg.page_width:  # two wide columns: shorten to one word
+    if sum(widths()) > cfg.page_width:  # two wide columns: shorten to one word, then to 8 characters
         rows = [[c.split(" ")[0] for c in r] for r in rows]
         if sum(widths()) > cfg.page_width:
             rows = [[c[:8] for c in r] for r in rows]
+        if sum(widths()) > cfg.page_width:
+            raise NoFit(f"a 2-column table is wider than page_width {cfg.page_width} at font size {ctx.size}")
     cw = [math.ceil(w) for w in widths()]
     top, bottom = v_extent(font)
     rh = bottom - top + 2 * py
@@ -610,8 +642,9 @@ def _homography(src, dst):
     return np.append(np.linalg.solve(np.array(a, float), np.array(b, float)), 1.0).reshape(3, 3)
 
 
-def _warp(img, boxes, rng, s, paper, rotate, perspective):
-    """Rotation and/or corner jitter as one homography; boxes follow (axis-aligned hull of their corners)."""
+def _warp(img, boxes, glyphs, rng, s, paper, rotate, perspective):
+    """Rotation and/or corner jitter as one homography; boxes follow (axis-aligned hull of their corners),
+    and so do glyph centres."""
     W, H = img.size
     src = np.array([[0, 0], [W, 0], [W, H], [0, H]], float)
     dst = src - (W / 2, H / 2)
@@ -634,17 +667,21 @@ def _warp(img, boxes, rng, s, paper, rotate, perspective):
         lo, hi = np.floor(p.min(0)), np.ceil(p.max(0))
         out.append((label, (int(max(0, lo[0])), int(max(0, lo[1])), int(min(size[0], hi[0])),
                             int(min(size[1], hi[1])))))
-    return img, out
+    if glyphs:
+        p = np.array([[x, y, 1] for _, x, y in glyphs], float) @ h.T
+        glyphs = [(c, float(u), float(v)) for (c, _, _), (u, v) in zip(glyphs, p[:, :2] / p[:, 2:])]
+    return img, out, glyphs
 
 
-def augment(img, boxes, rng, strength, paper):
-    """Scanner/camera defects scaled by strength in [0, 1]; the text is untouched, boxes follow geometry."""
+def augment(img, boxes, glyphs, rng, strength, paper):
+    """Scanner/camera defects scaled by strength in [0, 1]; the text is untouched, boxes and glyph centres
+    follow geometry."""
     if strength <= 0:
-        return img, boxes
+        return img, boxes, glyphs
     s = strength
     rotate, perspective = rng.random() < 0.5, rng.random() < 0.3
     if rotate or perspective:
-        img, boxes = _warp(img, boxes, rng, s, paper, rotate, perspective)
+        img, boxes, glyphs = _warp(img, boxes, glyphs, rng, s, paper, rotate, perspective)
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.2 + 0.6 * s)))
     lighting, noise = rng.random() < 0.4, rng.random() < 0.5
@@ -665,7 +702,7 @@ def augment(img, boxes, rng, strength, paper):
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=rng.randint(int(90 - 55 * s), 92))
         img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-    return img, boxes
+    return img, boxes, glyphs
 
 
 # ----------------------------------------------------------------------------- samples
@@ -691,20 +728,26 @@ def generate(index: int, cfg: SynthConfig, split: str = "train") -> Sample:
         # str seeds are hashed with sha512: the same sample in every process and on every run
         rng = random.Random(f"{cfg.seed}:{split}:{index}" + (f":{attempt}" if attempt else ""))
         kind = rng.choices(list(cfg.kinds), weights=list(cfg.kinds.values()))[0]
-        ctx = _Ctx(rng, cfg, corpus()[text_split].words, fonts)
-        text, prompt, block = _KINDS[kind](ctx)
-        if text_split == "train" or _fresh(text):
+        words = random_words(rng, cfg.random_chars) if text_split == "random" else corpus()[text_split].words
+        ctx = _Ctx(rng, cfg, words, fonts)
+        try:
+            text, prompt, block = _KINDS[kind](ctx)
+        except NoFit as e:
+            if attempt == 19:
+                raise NoFit(f"synth {kind!r} sample {index}: {e}; use smaller font_size or a wider max_width") from None
+            continue
+        if text_split in ("train", "random") or _fresh(text):
             break
     x1, y1, x2, y2 = union(ctx.doc.extents)
     x1, y1 = math.floor(x1), math.floor(y1)
     cw, ch = math.ceil(x2) - x1, math.ceil(y2) - y1
     mx1, mx2, my1, my2 = (rng.randint(*cfg.margin) for _ in range(4))
     dx = mx1 - x1 + rng.randint(0, max(0, block - cw))  # random horizontal offset
-    img, boxes = ctx.doc.render((mx1 + max(block, cw) + mx2, my1 + ch + my2), ctx.paper, dx, my1 - y1)
-    img, boxes = augment(img, boxes, rng, cfg.augment, ctx.paper)
+    img, boxes, glyphs = ctx.doc.render((mx1 + max(block, cw) + mx2, my1 + ch + my2), ctx.paper, dx, my1 - y1)
+    img, boxes, glyphs = augment(img, boxes, glyphs, rng, cfg.augment, ctx.paper)
     if prompt == "layout":
         text = grounded(text, boxes, *img.size)
-    return Sample(img, text, kind, prompt, boxes, ctx.face)
+    return Sample(img, text, kind, prompt, boxes, font=ctx.face, glyphs=glyphs)
 
 
 def write_dataset(out_dir, n, cfg=None, split="train", progress=None):

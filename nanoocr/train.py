@@ -119,6 +119,7 @@ class TrainConfig:
     total_batch_size: int = 0  # samples per optimiser step over all ranks; 0 = batch_size * world
     lr: float = 1e-3
     vision_lr_mult: float = 1.0  # SAM, compressor and CLIP train at lr * this
+    glyph_weight: float = 0.0  # weight of the dense reading loss (model.glyph_loss) where data has glyph centres
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.95)
     schedule: str = "cosine"
@@ -235,6 +236,8 @@ def to_device(batch, device):
     out["inputs"] = batch["inputs"].to(device, non_blocking=True)
     out["targets"] = batch["targets"].to(device, non_blocking=True)
     out["views"] = batch["views"].to(device) if batch["views"] is not None else None
+    if batch.get("glyphs") is not None:
+        out["glyphs"] = batch["glyphs"].to(device, non_blocking=True)
     return out
 
 
@@ -341,12 +344,21 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
         n_samples = sum(b["samples"] for b in batches)
         if flops is None and d.master:
             flops = step_flops(raw, batches[0], device) * accum * d.world
-        loss_sum = 0.0
+        loss_sum, glyph_sum = 0.0, 0.0
         for micro, batch in enumerate(batches):
             sync = nullcontext() if (not d.ddp or micro == accum - 1) else fwd.no_sync()
+            glyphs = batch.get("glyphs") if tc.glyph_weight else None
             with sync, autocast_ctx(device):
-                loss = fwd(batch["inputs"], batch["targets"], views=batch["views"], loss_reduction="sum")
-            (loss * (d.world / n_tok)).backward()  # DDP averages over ranks, hence * world
+                loss = fwd(batch["inputs"], batch["targets"], views=batch["views"], loss_reduction="sum",
+                           glyphs=glyphs)
+            total = loss
+            if glyphs is not None:
+                loss, aux = loss
+                n_glyph = max(1, batch["glyph_cells"])
+                # per labelled cell, as the decoder loss is per token
+                total = loss + tc.glyph_weight * aux * (n_tok / n_glyph / accum)
+                glyph_sum += aux.detach() / (n_glyph * accum)
+            (total * (d.world / n_tok)).backward()  # DDP averages over ranks, hence * world
             loss_sum += loss.detach()
         loss_val = all_sum(float(loss_sum), d) / n_tok
         if not math.isfinite(loss_val):
@@ -365,12 +377,16 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
         tok_s = n_tok / dt
         rec = {"kind": "train", "step": step, "loss": loss_val, "lr": lr, "dt": dt, "tok_s": tok_s,
                "samples_s": n_samples * d.world / dt, "grad_norm": float(gnorm) if gnorm is not None else None}
+        if tc.glyph_weight:
+            rec["glyph_loss"] = float(glyph_sum)  # this rank's, per labelled vision token
         if flops and peak:
             rec["mfu"] = flops / dt / (peak * d.world)
         if log:
             log.write(rec)
         bar.update(1)
         post = {"loss": f"{ema:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{tok_s:.0f}", "smp/s": f"{rec['samples_s']:.1f}"}
+        if "glyph_loss" in rec:
+            post["glyph"] = f"{rec['glyph_loss']:.2f}"
         if "mfu" in rec:
             post["mfu"] = f"{100 * rec['mfu']:.1f}%"
         bar.set_postfix(post, refresh=False)
@@ -464,6 +480,9 @@ def add_args(p, **defaults):
     g.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 8), help="per rank, per micro-step")
     g.add_argument("--total-batch-size", type=int, default=defaults.get("total_batch_size", 0))
     g.add_argument("--lr", type=float, default=defaults["lr"])
+    g.add_argument("--glyph-weight", type=float, default=defaults.get("glyph_weight", 0.0),
+                   help="weight of the dense reading loss: each vision token must name the character in its "
+                        "cell (synthetic data, which knows where it drew each character)")
     g.add_argument("--vision-lr-mult", type=float, default=defaults.get("vision_lr_mult", 1.0),
                    help="SAM, compressor and CLIP train at lr times this")
     g.add_argument("--weight-decay", type=float, default=0.0)
@@ -491,7 +510,7 @@ def add_args(p, **defaults):
 def train_config(args, phase):
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, total_batch_size=args.total_batch_size, lr=args.lr,
-        vision_lr_mult=args.vision_lr_mult,
+        vision_lr_mult=args.vision_lr_mult, glyph_weight=args.glyph_weight,
         weight_decay=args.weight_decay, schedule=args.schedule, warmup_ratio=args.warmup_ratio,
         step_size=args.step_size, grad_clip=args.grad_clip, eval_every=args.eval_every,
         eval_batches=args.eval_batches, save_every=args.save_every, compile=args.compile,

@@ -16,11 +16,13 @@ from nanoocr.data import (
     OCRDataset,
     SynthSource,
     TextChatSource,
+    glyph_targets,
     make_loader,
     open_source,
 )
 from nanoocr.image import num_image_tokens
 from nanoocr.presets import get_preset
+from nanoocr.synth import SynthConfig
 
 datasets = pytest.importorskip("datasets")
 
@@ -117,3 +119,34 @@ def test_loader_with_workers_matches_in_process(tokenizer):
     # rank 1 of 2 reads the odd samples
     r1 = next(iter(make_loader(ds, 2, start=6, rank=1, world=2, workers=0)))
     assert torch.equal(r1["inputs"][0, :20], a["inputs"][1, :20])
+
+
+def test_glyph_targets_follow_the_view_geometry():
+    cfg = get_preset("cpu")  # base view 256 px, 8x8 cells of 32 px
+    ids = {" ": 0, "a": 1, "b": 2, "c": 3, "d": 4}
+    glyphs = [("a", 10, 5), ("b", 100, 40), ("c", 200, 10), ("d", 210, 12)]
+    lab = glyph_targets(glyphs, (256, 64), "base", cfg, ids.get)  # padded: the image sits in view rows 96-159
+    assert len(lab) == num_image_tokens(256, 64, "base", cfg) == 8 * 9 + 1
+    cells, layout = lab[:-1].view(8, 9)[:, :8], lab[:-1].view(8, 9)[:, 8]
+    assert (layout == -1).all() and lab[-1] == -1  # newline and separator tokens carry no label
+    assert (cells[:3] == -1).all() and (cells[5:] == -1).all()  # padding rows
+    assert cells[3, 0] == 1 and cells[4, 3] == 2
+    assert cells[3, 6] == -1  # two centres in one cell: no label
+    assert (cells[3:5] == 0).sum() == 16 - 3  # every other cell of the page is empty paper
+    small = glyph_targets(glyphs, (256, 64), "small", cfg, ids.get)  # small: resized, not padded (8x8 -> 5x5)
+    assert len(small) == num_image_tokens(256, 64, "small", cfg)
+
+
+def test_synthetic_items_carry_aligned_glyph_labels(tokenizer):
+    cfg = get_preset("cpu", vocab_size=tokenizer.vocab_size)
+    synth = SynthConfig(kinds={"paragraph": 1.0}, font_size=(36, 40), augment=0.0)
+    ds = OCRDataset(Mixture([SynthSource(synth)]), tokenizer, cfg, DataConfig("base", 512))
+    space = tokenizer.encode(" ")[0]
+    for k in range(3):
+        item = ds[k]
+        text = tokenizer.decode(item["ids"][item["mask"]].tolist())
+        named = [tokenizer.decode([t]) for t in item["glyphs"].tolist() if t >= 0 and t != space]
+        assert len(named) >= 3 and all(c in text for c in named), (named, text)
+        assert len(item["glyphs"]) == int((item["ids"] == tokenizer.image_id).sum())
+    batch = next(iter(make_loader(ds, 2, workers=0)))
+    assert len(batch["glyphs"]) == 2 * len(item["glyphs"]) and batch["glyph_cells"] == int((batch["glyphs"] >= 0).sum())

@@ -214,3 +214,35 @@ def test_write_dataset_and_cli(tmp_path):
                                     "--seed", "4"])) == 0
     rows = [json.loads(line) for line in (tmp_path / "b" / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and {r["kind"] for r in rows} <= {"line", "table"}
+
+
+@pytest.mark.parametrize("augment", [0.0, 1.0])
+@pytest.mark.parametrize("kind", LINE_BOXES)
+def test_glyph_centres_match_the_drawing(kind, augment):
+    for i in range(6):
+        s = generate(i, one(kind, augment=augment))
+        drawn = "".join(s.text.split())  # one centre per non-space character, in reading order
+        assert "".join(c for c, _, _ in s.glyphs) == drawn
+        for _, x, y in s.glyphs:  # each centre inside the box of some text line (+ rounding of warped boxes)
+            assert any(x1 - 2 <= x <= x2 + 2 and y1 - 2 <= y <= y2 + 2 for _, (x1, y1, x2, y2) in s.boxes)
+        if augment == 0:  # and on the line's ink row: some ink within a few pixels of every centre
+            ink = ink_mask(s.image)
+            for _, x, y in s.glyphs:
+                x, y = round(x), round(y)
+                assert ink[max(0, y - 8):y + 9, max(0, x - 4):x + 5].any()
+
+
+def test_random_text_and_font_lists():
+    cfg = one("paragraph", text="random", random_chars="0123456789", fonts="DejaVuSans.ttf,cmr10.ttf")
+    for i in range(5):
+        s = generate(i, cfg)
+        assert set(s.text) <= set("0123456789 \n") and s.font in ("DejaVuSans.ttf", "cmr10.ttf")
+    with pytest.raises(ValueError, match="Comic.ttf"):
+        generate(0, one("line", fonts="DejaVuSans.ttf,Comic.ttf"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_too_large_for_the_page_is_an_error_not_a_hang(kind):
+    cfg = one(kind, font_size=(300, 300), max_width=40, page_width=60)
+    with pytest.raises(synth.NoFit, match="font"):
+        generate(0, cfg)

@@ -108,6 +108,17 @@ def test_overfit_phase1_then_phase2(tok_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith(("projector", "image_newline", "view_")))
 
 
+def test_glyph_loss_trains_the_encoder(tok_dir, tmp_path):
+    """--glyph-weight: the dense reading loss is logged and falls (10 pages, every cell labelled by the generator)."""
+    out = tmp_path / "g"
+    _phase(["-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir), "--train", "all",
+            "--synth-limit", "10", "--steps", "60", "--lr", "3e-3", "--glyph-weight", "1", "--out", str(out),
+            "--synth-set", "font_size=18,22", "max_width=56", "augment=0", *TINY], ROOT)
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    glyph = [r["glyph_loss"] for r in log if r["kind"] == "train"]
+    assert len(glyph) == 60 and sum(glyph[-10:]) < 0.5 * sum(glyph[:10]), glyph
+
+
 def test_resume_is_exact(tok_dir, tmp_path):
     common = ["-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir), "--train", "all",
               "--lr", "1e-3", *TINY]
@@ -140,3 +151,13 @@ def test_ddp_two_ranks_match_one(tok_dir, tmp_path, text_ratio):
     b = load_file(tmp_path / "two" / "model" / "model.safetensors")
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-4, worst  # fp32 reduction order differs between 1 and 2 ranks
+
+
+@pytest.mark.parametrize("encoder", ["deepencoder", "cnn"])
+def test_glyph_probe_runs(tok_dir, tmp_path, encoder):
+    out = tmp_path / "probe.jsonl"
+    _phase(["-m", "scripts.glyph_probe", "--encoder", encoder, "--preset", "tiny", "--tokenizer", str(tok_dir),
+            "--steps", "4", "--every", "2", "--batch-size", "2", "--threads", "2", "--out", str(out),
+            "--set", "text=random", "font_size=18,22", "max_width=56"], ROOT)
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["step"] for r in recs] == [2, 4] and all(0 <= r["char_acc"] <= 1 and r["loss"] > 0 for r in recs)

@@ -1,0 +1,120 @@
+"""
+Can an encoder trained from scratch learn to see characters? The dense reading task alone: every vision
+token must name the character whose centre lies in its cell (model.glyph_loss, labels from the synthetic
+generator), with no decoder and no language to lean on. Reports the accuracy on character cells (space
+cells left out) as training goes, for our DeepEncoder or for a plain CNN yardstick on the same labels.
+
+    python -m scripts.glyph_probe --encoder deepencoder --steps 150 --set text=random font_size=36,44 \
+        random_chars=0123456789 fonts=DejaVuSans.ttf
+    python -m scripts.glyph_probe --encoder cnn ...   # the same task for a 7-layer conv net
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanoocr.data import DataConfig, Mixture, OCRDataset, SynthSource, make_loader
+from nanoocr.gpt import norm
+from nanoocr.image import grid_side
+from nanoocr.model import NanoDeepseekOCR
+from nanoocr.presets import get_preset
+from nanoocr.synth import SynthConfig, parse_kinds
+from nanoocr.tokenizer import Tokenizer
+
+
+def cnn(vocab, depth_to_grid):
+    """Conv-BN-ReLU, stride 2 until one cell per vision token, then a 1x1 classifier."""
+    layers, c = [], 3
+    for i in range(depth_to_grid):
+        o = min(256, 32 * 2 ** i)
+        layers += [nn.Conv2d(c, o, 3, 2, 1), nn.BatchNorm2d(o), nn.ReLU()]
+        c = o
+    return nn.Sequential(*layers, nn.Conv2d(c, c, 3, 1, 1), nn.ReLU(), nn.Conv2d(c, vocab, 1))
+
+
+def grid_labels(glyphs, n, g, space):
+    # per-image (g*(g+1)+1) labels incl. layout tokens -> (n*g*g,) for the grid cells, spaces ignored
+    lab = glyphs.view(n, -1)[:, :-1].reshape(n, g, g + 1)[:, :, :g].reshape(-1)
+    return torch.where(lab == space, -1, lab)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--encoder", choices=["deepencoder", "cnn"], default="deepencoder")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder (the labels are its token ids)")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--kinds", default="line:1,paragraph:2")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="SynthConfig overrides")
+    p.add_argument("--every", type=int, default=25, help="report the mean accuracy over this many steps")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSONL of the reports")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    tok = Tokenizer.from_directory(args.tokenizer)
+    cfg = get_preset(args.preset, vocab_size=tok.vocab_size)
+    synth = SynthConfig(kinds=parse_kinds(args.kinds)).with_overrides(args.set)
+    ds = OCRDataset(Mixture([SynthSource(synth)]), tok, cfg, DataConfig("base", cfg.gpt.sequence_len))
+    loader = iter(make_loader(ds, args.batch_size, workers=1))
+    g = grid_side(cfg.sizes["base"], cfg.sam.patch_size)
+    space = tok.encode(" ")[0]
+
+    if args.encoder == "cnn":
+        net = cnn(tok.vocab_size, (cfg.sizes["base"] // g).bit_length() - 1)
+        params = list(net.parameters())
+
+        def logits_of(batch):  # (n*g*g, V)
+            return net(batch["views"].global_views).permute(0, 2, 3, 1).reshape(-1, tok.vocab_size)
+    else:
+        model = NanoDeepseekOCR(cfg).init_weights()
+        for name, prm in model.named_parameters():  # the encoder, projector and the head that reads tokens
+            prm.requires_grad_(not name.startswith("gpt.") or name == "gpt.lm_head.weight")
+        model.vision_model.embeddings.patch_embedding.requires_grad_(False)
+        params = [prm for prm in model.parameters() if prm.requires_grad]
+
+        def logits_of(batch):
+            grid = model.encode_views(batch["views"].global_views)  # (n, g, g, D)
+            return model.gpt.logits(norm(grid.flatten(0, 2)))
+
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95))
+    out = open(args.out, "w") if args.out else None
+    hits = total = 0
+    t0 = time.time()
+    for step in range(1, args.steps + 1):
+        batch = next(loader)
+        labels = grid_labels(batch["glyphs"], batch["views"].global_views.shape[0], g, space)
+        logits = logits_of(batch)
+        loss = F.cross_entropy(logits, labels, ignore_index=-1)
+        for group in opt.param_groups:
+            group["lr"] = args.lr * min(1.0, step / max(1, args.warmup))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sel = labels >= 0
+        hits += int((logits.detach().argmax(-1)[sel] == labels[sel]).sum())
+        total += int(sel.sum())
+        if step % args.every == 0 or step == args.steps:
+            rec = {"encoder": args.encoder, "step": step, "loss": round(loss.item(), 4),
+                   "char_acc": round(hits / max(1, total), 4), "seconds": round(time.time() - t0, 1)}
+            print(json.dumps(rec), flush=True)
+            if out:
+                out.write(json.dumps(rec) + "\n")
+            hits = total = 0
+    if out:
+        out.close()
+        print(f"wrote {Path(args.out)}")
+
+
+if __name__ == "__main__":
+    main()
