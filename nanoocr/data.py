@@ -247,14 +247,15 @@ def glyph_targets(glyphs, size, mode, cfg, char_id):
     loss) for cells holding several centres, cells of padding, and the newline/separator tokens."""
     s = cfg.sizes["base" if mode == "gundam" else mode]
     g = grid_side(s, cfg.sam.patch_size)
+    cell = 4 * cfg.sam.patch_size  # px of view per vision token (patch conv, then two stride-2 convs)
     sx, sy, ox, oy = view_geometry(*size, mode, cfg)
     cells = np.full((g, g), -1, dtype=np.int64)
-    x0, y0, x1, y1 = (math.floor(v * g / s) for v in (ox, oy, ox + size[0] * sx - 1, oy + size[1] * sy - 1))
+    x0, y0, x1, y1 = (math.floor(v / cell) for v in (ox, oy, ox + size[0] * sx - 1, oy + size[1] * sy - 1))
     cells[max(0, y0):y1 + 1, max(0, x0):x1 + 1] = char_id(" ")  # the page's cells; padding stays -1
     if glyphs:
         xy = np.array([(x, y) for _, x, y in glyphs], dtype=np.float64)
-        gx = np.floor((xy[:, 0] * sx + ox) * g / s).astype(np.int64)
-        gy = np.floor((xy[:, 1] * sy + oy) * g / s).astype(np.int64)
+        gx = np.floor((xy[:, 0] * sx + ox) / cell).astype(np.int64)
+        gy = np.floor((xy[:, 1] * sy + oy) / cell).astype(np.int64)
         ok = (gx >= 0) & (gx < g) & (gy >= 0) & (gy < g)
         ids = np.array([char_id(c) for c, _, _ in glyphs], dtype=np.int64)[ok]
         gx, gy = gx[ok], gy[ok]

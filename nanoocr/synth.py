@@ -96,8 +96,10 @@ def fonts_for(split):
     if split in SPLITS:
         return TRAIN_FONTS if split == "train" else HELDOUT_FONTS
     faces = tuple(f.strip() for f in split.split(",") if f.strip())
+    if not faces:
+        raise ValueError(f"synth fonts {split!r}: empty font list")
     missing = [f for f in faces if not (FONT_DIR / f).is_file()]
-    if missing or not faces:
+    if missing:
         raise ValueError(f"synth fonts {split!r}: no such font(s) {missing} in {FONT_DIR}")
     return faces
 
@@ -187,7 +189,8 @@ class _Stream:
             if self.bad.isdisjoint(w) and (self.pred is None or self.pred(w)):
                 return
             self.i += 1
-        raise NoFit("no word in the text source suits this font and kind")
+        raise NoFit("no word in the text source suits this font and kind (with text=random, check random_chars: "
+                    "some kinds need words of 3+ letters, and some fonts cannot draw <>\\^_`{|}~)")
 
     def peek(self):
         return self.words[self.i % len(self.words)]
@@ -214,11 +217,13 @@ def wrap(stream, font, width, n_lines, max_chars=10**6):
         line, skipped = "", 0
         while True:
             if skipped > 200:
-                raise NoFit(f"no word fits in {width:.0f} px at font size {font.size}")
+                raise NoFit(f"no word fits in {width:.0f} px at font size {font.size}: use a smaller font_size "
+                            "or a larger max_width / page_width")
             w = stream.peek()
             cand = line + " " + w if line else w
             if not line and not any(c.isalnum() for c in w):
                 stream.pop()  # no line starts with a bare "-" or "...": it could be the whole line
+                skipped += 1
             elif len(cand) <= max_chars and font.getlength(cand) <= width:
                 line = cand
                 stream.pop()
@@ -533,7 +538,8 @@ def _table(ctx):
         if sum(widths()) > cfg.page_width:
             rows = [[c[:8] for c in r] for r in rows]
         if sum(widths()) > cfg.page_width:
-            raise NoFit(f"a 2-column table is wider than page_width {cfg.page_width} at font size {ctx.size}")
+            raise NoFit(f"a 2-column table is wider than page_width {cfg.page_width} at font size {ctx.size}: use "
+                        "a smaller font_size or a larger page_width")
     cw = [math.ceil(w) for w in widths()]
     top, bottom = v_extent(font)
     rh = bottom - top + 2 * py
@@ -734,7 +740,7 @@ def generate(index: int, cfg: SynthConfig, split: str = "train") -> Sample:
             text, prompt, block = _KINDS[kind](ctx)
         except NoFit as e:
             if attempt == 19:
-                raise NoFit(f"synth {kind!r} sample {index}: {e}; use smaller font_size or a wider max_width") from None
+                raise NoFit(f"synth {kind!r} sample {index}: {e}") from None
             continue
         if text_split in ("train", "random") or _fresh(text):
             break

@@ -319,11 +319,14 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
     log = MetricsLog(log_path, step if resume else None, tc.run, asdict(tc)) if d.master else None
 
     def next_batch():
-        while True:
+        for _ in range(100):
             b = next(loader)
             skips.add(b)
             if b["inputs"] is not None:
                 return to_device(b, device)
+        # a config that makes every sample fail (a font too large for the page, a missing file) must stop the
+        # run with its reason, not spin
+        raise RuntimeError(f"100 batches in a row had no usable sample; first reasons: {skips.examples[:3]}")
 
     flops = None
     peak = peak_flops(device)
@@ -341,6 +344,8 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
         # global batch: the same update for any split over ranks and accumulation steps.
         batches = [next_batch() for _ in range(accum)]
         n_tok = all_sum(sum(int((b["targets"] >= 0).sum()) for b in batches), d)
+        # the glyph loss is a mean over the step's labelled cells on all ranks, as the decoder's is over tokens
+        n_glyph = max(1, all_sum(sum(b["glyph_cells"] for b in batches), d)) if tc.glyph_weight else 1
         n_samples = sum(b["samples"] for b in batches)
         if flops is None and d.master:
             flops = step_flops(raw, batches[0], device) * accum * d.world
@@ -354,10 +359,8 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
             total = loss
             if glyphs is not None:
                 loss, aux = loss
-                n_glyph = max(1, batch["glyph_cells"])
-                # per labelled cell, as the decoder loss is per token
-                total = loss + tc.glyph_weight * aux * (n_tok / n_glyph / accum)
-                glyph_sum += aux.detach() / (n_glyph * accum)
+                total = loss + tc.glyph_weight * aux * (n_tok / n_glyph)
+                glyph_sum += aux.detach()
             (total * (d.world / n_tok)).backward()  # DDP averages over ranks, hence * world
             loss_sum += loss.detach()
         loss_val = all_sum(float(loss_sum), d) / n_tok
@@ -378,7 +381,7 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
         rec = {"kind": "train", "step": step, "loss": loss_val, "lr": lr, "dt": dt, "tok_s": tok_s,
                "samples_s": n_samples * d.world / dt, "grad_norm": float(gnorm) if gnorm is not None else None}
         if tc.glyph_weight:
-            rec["glyph_loss"] = float(glyph_sum)  # this rank's, per labelled vision token
+            rec["glyph_loss"] = all_sum(float(glyph_sum), d) / n_glyph  # per labelled vision token
         if flops and peak:
             rec["mfu"] = flops / dt / (peak * d.world)
         if log:

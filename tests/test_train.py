@@ -119,6 +119,15 @@ def test_glyph_loss_trains_the_encoder(tok_dir, tmp_path):
     assert len(glyph) == 60 and sum(glyph[-10:]) < 0.5 * sum(glyph[:10]), glyph
 
 
+def test_a_config_that_fails_every_sample_stops_with_its_reason(tok_dir, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir),
+                        "--train", "all", "--steps", "2", "--out", str(tmp_path / "x"), "--synth-set",
+                        "font_size=300,300", "max_width=40", *TINY], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0
+    assert "no usable sample" in r.stderr and "no word fits in 40 px at font size 300" in r.stderr, r.stderr[-2000:]
+
+
 def test_resume_is_exact(tok_dir, tmp_path):
     common = ["-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir), "--train", "all",
               "--lr", "1e-3", *TINY]
