@@ -193,6 +193,7 @@ class Mixture:
 class DataConfig:
     mode: str = "base"
     seq_len: int = 512
+    glyphs: bool = False  # also label every vision token for the dense reading loss (glyph_targets)
 
 
 class OCRDataset(torch.utils.data.Dataset):
@@ -228,11 +229,13 @@ class OCRDataset(torch.utils.data.Dataset):
             if ids.count(self.tok.image_id) != sum(counts):  # an image in a late turn was cut
                 raise BadSample(f"{ex.get('where', '?')}: truncation to seq_len {self.dcfg.seq_len} cuts an image")
         views = [make_views(im, self.dcfg.mode, self.cfg) for im in ex["images"]]
-        glyphs = torch.full((sum(counts),), -1, dtype=torch.long)
-        if ex.get("glyphs") is not None and len(ex["images"]) == 1 and self.dcfg.mode != "gundam":
-            glyphs = glyph_targets(ex["glyphs"], ex["images"][0].size, self.dcfg.mode, self.cfg, self._char_id)
-        return {"ids": torch.tensor(ids), "mask": torch.tensor(mask, dtype=torch.bool), "views": views,
-                "truncated": truncated, "glyphs": glyphs}
+        item = {"ids": torch.tensor(ids), "mask": torch.tensor(mask, dtype=torch.bool), "views": views,
+                "truncated": truncated}
+        if self.dcfg.glyphs:  # labels where the source knows its glyphs (one synthetic image), -1 elsewhere
+            known = ex.get("glyphs") is not None and len(ex["images"]) == 1 and self.dcfg.mode != "gundam"
+            item["glyphs"] = (glyph_targets(ex["glyphs"], ex["images"][0].size, self.dcfg.mode, self.cfg,
+                                            self._char_id) if known else torch.full((sum(counts),), -1))
+        return item
 
     def _char_id(self, c):
         ids = self._char_ids.get(c)
@@ -245,8 +248,9 @@ def glyph_targets(glyphs, size, mode, cfg, char_id):
     """Labels of one image's vision tokens (layout tokens included) for the dense reading loss: the
     character whose centre lies in a token's cell, the space token for an empty cell of the page, -1 (no
     loss) for cells holding several centres, cells of padding, and the newline/separator tokens."""
-    s = cfg.sizes["base" if mode == "gundam" else mode]
-    g = grid_side(s, cfg.sam.patch_size)
+    if mode == "gundam":
+        raise ValueError("glyph labels: gundam's local crops are not labelled; use base, large, tiny or small")
+    g = grid_side(cfg.sizes[mode], cfg.sam.patch_size)
     cell = 4 * cfg.sam.patch_size  # px of view per vision token (patch conv, then two stride-2 convs)
     sx, sy, ox, oy = view_geometry(*size, mode, cfg)
     cells = np.full((g, g), -1, dtype=np.int64)
@@ -283,10 +287,12 @@ def collate(items):
         inputs[r, :n] = ids[:-1]
         targets[r, :n] = torch.where(mask[1:], ids[1:], -1)
     views = [v for it in items for v in it["views"]]
-    glyphs = torch.cat([it["glyphs"] for it in items])  # aligned with the batch's vision tokens
-    return {"inputs": inputs, "targets": targets, "views": collate_views(views), "glyphs": glyphs,
-            "glyph_cells": int((glyphs >= 0).sum()), "skips": skips,
-            "truncated": sum(it["truncated"] for it in items), "samples": len(items)}
+    batch = {"inputs": inputs, "targets": targets, "views": collate_views(views), "skips": skips,
+             "truncated": sum(it["truncated"] for it in items), "samples": len(items)}
+    if "glyphs" in items[0]:
+        batch["glyphs"] = torch.cat([it["glyphs"] for it in items])  # aligned with the batch's vision tokens
+        batch["glyph_cells"] = int((batch["glyphs"] >= 0).sum())
+    return batch
 
 
 class ShardSampler(torch.utils.data.Sampler):

@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import importlib.util
 import io
+import itertools
 import json
 import math
 import os
@@ -79,6 +80,11 @@ def _x_scale(name):
 def face_font(name, px):
     """`name` at a DejaVu-equivalent size of px pixels."""
     return get_font(name, round(px * _x_scale(name)))
+
+
+@lru_cache(maxsize=65536)
+def advance(font, c):
+    return font.getlength(c)
 
 
 _PRINTABLE = "".join(chr(c) for c in range(32, 127))
@@ -299,8 +305,9 @@ class _Doc:
         self.extents.append((x + l, y + top, x + r, y + bottom))
         # glyph centres, the labels of a dense reading loss: advance widths along the line, mid-line height
         cy = y + (top + bottom) / 2
-        self.glyphs += [(c, x + font.getlength(s[:i]) + font.getlength(c) / 2, cy)
-                        for i, c in enumerate(s) if not c.isspace()]
+        widths = [advance(font, c) for c in s]
+        lefts = itertools.accumulate(widths, initial=x)  # BASIC layout does not kern: advances add up
+        self.glyphs += [(c, left + w / 2, cy) for c, w, left in zip(s, widths, lefts) if not c.isspace()]
         return (x + l, y + t, x + r, y + b)
 
     def words(self, x, y, words, font, width):

@@ -354,11 +354,11 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
             sync = nullcontext() if (not d.ddp or micro == accum - 1) else fwd.no_sync()
             glyphs = batch.get("glyphs") if tc.glyph_weight else None
             with sync, autocast_ctx(device):
-                loss = fwd(batch["inputs"], batch["targets"], views=batch["views"], loss_reduction="sum",
-                           glyphs=glyphs)
-            total = loss
+                res = fwd(batch["inputs"], batch["targets"], views=batch["views"], loss_reduction="sum",
+                          glyphs=glyphs)
+            loss = total = res
             if glyphs is not None:
-                loss, aux = loss
+                loss, aux = res
                 total = loss + tc.glyph_weight * aux * (n_tok / n_glyph)
                 glyph_sum += aux.detach()
             (total * (d.world / n_tok)).backward()  # DDP averages over ranks, hence * world
@@ -544,7 +544,8 @@ def build_datasets(args, model, tokenizer):
         sources.append(open_source("text:" + args.text_data if not args.text_data.startswith("text:")
                                    else args.text_data))
         weights = [w * (1 - args.text_ratio) / sum(weights) for w in weights] + [args.text_ratio]
-    dcfg = DataConfig(mode=args.mode, seq_len=args.seq_len or model.config.gpt.sequence_len)
+    dcfg = DataConfig(mode=args.mode, seq_len=args.seq_len or model.config.gpt.sequence_len,
+                      glyphs=args.glyph_weight > 0)
     train = OCRDataset(Mixture(sources, weights, seed=args.seed), tokenizer, model.config, dcfg)
     val = None
     if args.val_data:

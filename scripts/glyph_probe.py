@@ -65,7 +65,7 @@ def main():
     tok = Tokenizer.from_directory(args.tokenizer)
     cfg = get_preset(args.preset, vocab_size=tok.vocab_size)
     synth = SynthConfig(kinds=parse_kinds(args.kinds)).with_overrides(args.set)
-    ds = OCRDataset(Mixture([SynthSource(synth)]), tok, cfg, DataConfig("base", cfg.gpt.sequence_len))
+    ds = OCRDataset(Mixture([SynthSource(synth)]), tok, cfg, DataConfig("base", cfg.gpt.sequence_len, glyphs=True))
     loader = iter(make_loader(ds, args.batch_size, workers=1))
     g = grid_side(cfg.sizes["base"], cfg.sam.patch_size)
     space = tok.encode(" ")[0]

@@ -140,7 +140,7 @@ def test_glyph_targets_follow_the_view_geometry():
 def test_synthetic_items_carry_aligned_glyph_labels(tokenizer):
     cfg = get_preset("cpu", vocab_size=tokenizer.vocab_size)
     synth = SynthConfig(kinds={"paragraph": 1.0}, font_size=(36, 40), augment=0.0)
-    ds = OCRDataset(Mixture([SynthSource(synth)]), tokenizer, cfg, DataConfig("base", 512))
+    ds = OCRDataset(Mixture([SynthSource(synth)]), tokenizer, cfg, DataConfig("base", 512, glyphs=True))
     space = tokenizer.encode(" ")[0]
     for k in range(3):
         item = ds[k]
