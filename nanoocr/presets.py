@@ -21,6 +21,11 @@ class SamConfig:
     neck_dim: int = 256
     net2_dim: int = 512
     out_dim: int = 1024  # net_3 channels; must equal the CLIP width (the map becomes CLIP's patch embeddings)
+    # Options for a vision path trained from scratch (the defaults are DeepSeek's exact topology, so pretrained
+    # SAM / DeepSeek-OCR weights load by name). SAM's pixels-to-compressor path is linear except inside its
+    # transformer blocks; a pretrained SAM supplies glyph features there, random blocks do not.
+    stem: str = "patch"  # "patch": one patch_size conv (SAM); "conv": 3x3 stride-2 conv + norm + ReLU layers
+    compressor_act: bool = False  # norm + ReLU after net_2 and after net_3 (DeepSeek: two plain convs)
 
 
 @dataclass
@@ -90,6 +95,13 @@ class OCRConfig:
             raise ValueError(f"config: gpt.n_head ({g.n_head}) must be a multiple of n_kv_head ({g.n_kv_head})")
         if any(b >= s.depth for b in s.global_blocks):
             raise ValueError(f"config: sam.global_blocks {s.global_blocks} outside depth {s.depth}")
+        if s.stem not in ("patch", "conv"):
+            raise ValueError(f"config: sam.stem must be 'patch' or 'conv', got {s.stem!r}")
+        if s.stem == "conv" and (s.patch_size < 2 or s.patch_size & (s.patch_size - 1)):
+            raise ValueError(f"config: sam.stem 'conv' needs a power-of-two patch_size, got {s.patch_size}")
+        if s.stem == "conv" and any(v % s.patch_size for v in self.sizes.values()):
+            raise ValueError(f"config: sam.stem 'conv' needs every view size a multiple of patch_size "
+                             f"({s.patch_size}); sizes are {self.sizes}")
         if set(self.sizes) != {"tiny", "small", "base", "large"}:
             raise ValueError(f"config: sizes must name tiny, small, base, large; got {sorted(self.sizes)}")
         if not 1 <= self.min_crops <= self.max_crops <= 9:
@@ -124,6 +136,26 @@ def _tiny():
 
 
 PRESETS = {"deepseek-d20": _deepseek_d20, "cpu": _cpu, "tiny": _tiny}
+
+
+def apply_overrides(cfg, assignments):
+    """cfg with "part.field=value" strings applied (e.g. "sam.stem=conv", "gpt.n_layer=6"), validated."""
+    cfg = copy.deepcopy(cfg)
+    for a in assignments:
+        key, eq, value = a.partition("=")
+        part, _, name = key.partition(".")
+        obj = getattr(cfg, part, None)
+        if not eq or obj is None or part not in ("sam", "clip", "gpt") or name not in obj.__dataclass_fields__:
+            raise ValueError(f"config override {a!r}: expected PART.FIELD=VALUE with PART sam, clip or gpt")
+        cur = getattr(obj, name)
+        if isinstance(cur, bool):
+            val = value.lower() in ("1", "true", "yes")
+        elif isinstance(cur, tuple):
+            val = tuple(int(v) for v in value.split(",") if v)
+        else:
+            val = type(cur)(value)
+        setattr(obj, name, val)
+    return cfg.validate()
 
 
 def get_preset(name, **gpt_overrides):

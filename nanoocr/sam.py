@@ -147,11 +147,42 @@ class PatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)  # (B, H, W, C)
 
 
+def conv_norm(channels):
+    """Per-channel normalisation over each map (InstanceNorm, affine). The glyph probe's measurements: LayerNorm
+    over channels keeps the path at chance (a pixel's channel vector loses its scale, so ink contrast is
+    gone), GroupNorm learns at half speed, per-channel norms (BatchNorm or this) learn fastest; this one
+    needs no batch statistics, so DDP, eval and frozen phases behave the same."""
+    return nn.GroupNorm(channels, channels)
+
+
+class ConvStem(nn.Module):
+    """log2(patch) 3x3 stride-2 convs, each followed by a per-channel norm + ReLU: the same (B, H/p, W/p, dim) map
+    as PatchEmbed, but with a nonlinearity between pixels and tokens that a from-scratch model can learn
+    glyph strokes with (a single patch conv is a linear map of each patch)."""
+
+    def __init__(self, patch_size, dim):
+        super().__init__()
+        n = patch_size.bit_length() - 1
+        chans = [3] + [max(dim // 2 ** (n - 1 - i), 16) for i in range(n)]
+        layers = []
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), conv_norm(c_out), nn.ReLU()]
+        self.proj = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.proj(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+
+
+def compressor_norm(channels, act):
+    # a no-op unless asked: DeepSeek's compressor is two plain convs
+    return nn.Sequential(conv_norm(channels), nn.ReLU()) if act else nn.Identity()
+
+
 class SamEncoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.dim)
+        self.patch_embed = (ConvStem if cfg.stem == "conv" else PatchEmbed)(cfg.patch_size, cfg.dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.pos_grid, cfg.pos_grid, cfg.dim))
         self.blocks = nn.ModuleList([
             Block(cfg.dim, cfg.heads, cfg.mlp_ratio,
@@ -163,13 +194,15 @@ class SamEncoder(nn.Module):
             nn.Conv2d(cfg.neck_dim, cfg.neck_dim, 3, padding=1, bias=False), LayerNorm2d(cfg.neck_dim))
         self.net_2 = nn.Conv2d(cfg.neck_dim, cfg.net2_dim, 3, stride=2, padding=1, bias=False)
         self.net_3 = nn.Conv2d(cfg.net2_dim, cfg.out_dim, 3, stride=2, padding=1, bias=False)
+        self.net_2_act = compressor_norm(cfg.net2_dim, cfg.compressor_act)
+        self.net_3_act = compressor_norm(cfg.out_dim, cfg.compressor_act)
         self.grad_checkpoint = False  # recompute global blocks in backward (memory for compute)
 
     def trunk_parameters(self):
         return [p for n, p in self.named_parameters() if not n.startswith(("net_2", "net_3"))]
 
     def compressor_parameters(self):
-        return list(self.net_2.parameters()) + list(self.net_3.parameters())
+        return [p for n, p in self.named_parameters() if n.startswith(("net_2", "net_3"))]
 
     def trunk(self, x):
         """(B, 3, S, S) -> (B, neck_dim, S/p, S/p): SAM proper, before the compressor."""
@@ -183,7 +216,7 @@ class SamEncoder(nn.Module):
         return self.neck(x.permute(0, 3, 1, 2))
 
     def compress(self, x):
-        return self.net_3(self.net_2(x))  # 16x fewer tokens than patches
+        return self.net_3_act(self.net_3(self.net_2_act(self.net_2(x))))  # 16x fewer tokens than patches
 
     def forward(self, x):
         return self.compress(self.trunk(x))  # (B, out_dim, g, g)

@@ -14,7 +14,7 @@ import torch
 
 from nanoocr import checkpoint as ck
 from nanoocr.model import NanoDeepseekOCR
-from nanoocr.presets import get_preset
+from nanoocr.presets import apply_overrides, get_preset
 from nanoocr.tokenizer import Tokenizer
 from nanoocr.train import add_args, run_phase, setup_dist
 
@@ -22,6 +22,8 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("--model", default=None, help="model folder to start from (e.g. from import-weights)")
 parser.add_argument("--preset", default="cpu", help="fresh model of this preset when --model is not given")
 parser.add_argument("--tokenizer", default=None, help="tokenizer folder for a fresh model")
+parser.add_argument("--cfg", nargs="*", default=[], metavar="PART.FIELD=VALUE",
+                    help="overrides of the fresh preset, e.g. sam.depth=0 gpt.n_layer=6")
 add_args(parser, train="align", lr=1e-3, steps=1000, batch_size=8)
 
 
@@ -34,7 +36,7 @@ def build(args):
     if not args.tokenizer:
         raise SystemExit("give --model DIR, or --preset with --tokenizer DIR")
     tok = Tokenizer.from_directory(args.tokenizer)
-    cfg = get_preset(args.preset, vocab_size=tok.vocab_size)
+    cfg = apply_overrides(get_preset(args.preset, vocab_size=tok.vocab_size), args.cfg)
     torch.manual_seed(args.seed)
     model = NanoDeepseekOCR(cfg).init_weights()
     model.image_token_id = tok.image_id

@@ -165,7 +165,7 @@ def test_ddp_two_ranks_match_one(tok_dir, tmp_path, text_ratio):
 @pytest.mark.parametrize("encoder", ["deepencoder", "cnn"])
 def test_glyph_probe_runs(tok_dir, tmp_path, encoder):
     out = tmp_path / "probe.jsonl"
-    _phase(["-m", "scripts.glyph_probe", "--encoder", encoder, "--preset", "tiny", "--tokenizer", str(tok_dir),
+    _phase(["-m", "dev.glyph_probe", "--encoder", encoder, "--preset", "tiny", "--tokenizer", str(tok_dir),
             "--steps", "4", "--every", "2", "--batch-size", "2", "--threads", "2", "--out", str(out),
             "--set", "text=random", "font_size=18,22", "max_width=56"], ROOT)
     recs = [json.loads(line) for line in out.read_text().splitlines()]

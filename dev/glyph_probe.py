@@ -4,9 +4,13 @@ token must name the character whose centre lies in its cell (model.glyph_loss, l
 generator), with no decoder and no language to lean on. Reports the accuracy on character cells (space
 cells left out) as training goes, for our DeepEncoder or for a plain CNN yardstick on the same labels.
 
-    python -m scripts.glyph_probe --encoder deepencoder --steps 150 --set text=random font_size=36,44 \
+    python -m dev.glyph_probe --encoder deepencoder --steps 150 --set text=random font_size=36,44 \
         random_chars=0123456789 fonts=DejaVuSans.ttf
-    python -m scripts.glyph_probe --encoder cnn ...   # the same task for a 7-layer conv net
+    python -m dev.glyph_probe --encoder cnn ...   # the same task for a 7-layer conv net
+    python -m dev.glyph_probe --cfg sam.stem=conv sam.compressor_act=1 --read compressor ...
+
+--read picks where the linear read-out sits: after the compressor, after CLIP, after the projector, or
+through the decoder's final norm + lm_head (what model.glyph_loss does). --cfg overrides preset fields.
 """
 
 import argparse
@@ -21,8 +25,8 @@ import torch.nn.functional as F
 from nanoocr.data import DataConfig, Mixture, OCRDataset, SynthSource, make_loader
 from nanoocr.gpt import norm
 from nanoocr.image import grid_side
-from nanoocr.model import NanoDeepseekOCR
-from nanoocr.presets import get_preset
+from nanoocr.model import NanoDeepseekOCR, part_of
+from nanoocr.presets import apply_overrides, get_preset
 from nanoocr.synth import SynthConfig, parse_kinds
 from nanoocr.tokenizer import Tokenizer
 
@@ -56,6 +60,12 @@ def main():
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="SynthConfig overrides")
     p.add_argument("--every", type=int, default=25, help="report the mean accuracy over this many steps")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--cfg", nargs="*", default=[], metavar="PART.FIELD=VALUE", help="preset overrides")
+    p.add_argument("--read", choices=["compressor", "clip", "projector", "norm_linear", "lm_head"], default="lm_head")
+    p.add_argument("--freeze", default="", help="comma list of parts kept at init (sam, compressor, clip)")
+    p.add_argument("--proj-init", type=float, default=0.0, help="std of the projector's init (ours: 0.02)")
+    p.add_argument("--head-init", type=float, default=0.0, help="std of lm_head's init (nanochat: 0)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU too)")
     p.add_argument("--out", default=None, help="JSONL of the reports")
     args = p.parse_args()
     if args.threads:
@@ -63,7 +73,7 @@ def main():
     torch.manual_seed(0)
 
     tok = Tokenizer.from_directory(args.tokenizer)
-    cfg = get_preset(args.preset, vocab_size=tok.vocab_size)
+    cfg = apply_overrides(get_preset(args.preset, vocab_size=tok.vocab_size), args.cfg)
     synth = SynthConfig(kinds=parse_kinds(args.kinds)).with_overrides(args.set)
     ds = OCRDataset(Mixture([SynthSource(synth)]), tok, cfg, DataConfig("base", cfg.gpt.sequence_len, glyphs=True))
     loader = iter(make_loader(ds, args.batch_size, workers=1))
@@ -78,14 +88,31 @@ def main():
             return net(batch["views"].global_views).permute(0, 2, 3, 1).reshape(-1, tok.vocab_size)
     else:
         model = NanoDeepseekOCR(cfg).init_weights()
+        if args.proj_init:
+            nn.init.normal_(model.projector.layers.weight, std=args.proj_init)
+        if args.head_init:
+            nn.init.normal_(model.gpt.lm_head.weight, std=args.head_init)
+        frozen = {f for f in args.freeze.split(",") if f}
+        head = nn.Linear(cfg.gpt.n_embd if args.read in ("projector", "norm_linear") else cfg.clip.dim, tok.vocab_size)
         for name, prm in model.named_parameters():  # the encoder, projector and the head that reads tokens
-            prm.requires_grad_(not name.startswith("gpt.") or name == "gpt.lm_head.weight")
+            prm.requires_grad_((not name.startswith("gpt.") or name == "gpt.lm_head.weight")
+                               and part_of(name) not in frozen)
         model.vision_model.embeddings.patch_embedding.requires_grad_(False)
         params = [prm for prm in model.parameters() if prm.requires_grad]
+        params += list(head.parameters()) if args.read != "lm_head" else []
 
-        def logits_of(batch):
-            grid = model.encode_views(batch["views"].global_views)  # (n, g, g, D)
-            return model.gpt.logits(norm(grid.flatten(0, 2)))
+        def logits_of(batch):  # (n*g*g, V)
+            x = batch["views"].global_views
+            sam = model.sam_model(x)  # (n, C, g, g)
+            if args.read == "compressor":
+                return head(sam.permute(0, 2, 3, 1).reshape(-1, sam.shape[1]))
+            clip = model.vision_model(patch_embeds=sam)[:, 1:]  # (n, g*g, C)
+            if args.read == "clip":
+                return head(clip.reshape(-1, clip.shape[-1]))
+            proj = model.projector(torch.cat([clip, sam.flatten(2).transpose(1, 2)], -1)).flatten(0, 1)
+            if args.read == "norm_linear":
+                return head(norm(proj))
+            return head(proj) if args.read == "projector" else model.gpt.logits(norm(proj))
 
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95))
     out = open(args.out, "w") if args.out else None
@@ -94,7 +121,8 @@ def main():
     for step in range(1, args.steps + 1):
         batch = next(loader)
         labels = grid_labels(batch["glyphs"], batch["views"].global_views.shape[0], g, space)
-        logits = logits_of(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            logits = logits_of(batch).float()
         loss = F.cross_entropy(logits, labels, ignore_index=-1)
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, step / max(1, args.warmup))
@@ -105,7 +133,7 @@ def main():
         hits += int((logits.detach().argmax(-1)[sel] == labels[sel]).sum())
         total += int(sel.sum())
         if step % args.every == 0 or step == args.steps:
-            rec = {"encoder": args.encoder, "step": step, "loss": round(loss.item(), 4),
+            rec = {"encoder": args.encoder, "cfg": args.cfg, "read": args.read, "freeze": args.freeze, "step": step, "loss": round(loss.item(), 4),
                    "char_acc": round(hits / max(1, total), 4), "seconds": round(time.time() - t0, 1)}
             print(json.dumps(rec), flush=True)
             if out:
