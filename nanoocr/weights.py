@@ -603,7 +603,8 @@ def format_summary(s):
 
 def add_args(parser):
     parser.add_argument("--out", required=True, help="model folder to write (config.json, model.safetensors)")
-    parser.add_argument("--preset", default="deepseek-d20", help="model size: deepseek-d20, cpu or tiny")
+    parser.add_argument("--preset", default="deepseek-d20", help="model size: deepseek-d20, deepseek-d20-2026, cpu "
+                        "or tiny (a nanochat checkpoint sets the decoder's format and sizes)")
     parser.add_argument("--sam", help="transformers SAM folder (e.g. facebook/sam-vit-base) or HF repo id")
     parser.add_argument("--clip", help="transformers CLIP folder (openai/clip-vit-large-patch14) or repo id")
     parser.add_argument("--nanochat", help="nanochat checkpoint folder (model_NNNNNN.pt + meta_NNNNNN.json)")
