@@ -526,7 +526,8 @@ def import_weights(out, preset="deepseek-d20", sam=None, clip=None, nanochat=Non
                    tokenizer=None, seed=0, verbose=True):
     """Build the model from `preset`, load the given parts, save it with save_model into `out`.
 
-    Decoder: a nanochat folder sets the format and n_layer/n_head/n_kv_head/n_embd from its meta (2026:
+    Decoder: a nanochat folder sets the format, window_pattern ("L" in 2025) and n_layer/n_head/n_kv_head/
+    n_embd from its meta, whatever the preset says (2026:
     sequence_len and window_pattern too, the windows derive from them). Vocab: the tokenizer's size (and
     its <|image|> id) when given. Without a tokenizer, nanochat's real vocab plus RESERVED_SPECIAL_TOKENS
     ids for our special tokens (image_token_id stays unset until a tokenizer is attached), or the preset's
@@ -538,7 +539,7 @@ def import_weights(out, preset="deepseek-d20", sam=None, clip=None, nanochat=Non
     notes = []
     if nanochat is not None:
         nc = nanochat_config(nanochat)  # vocab_size: the real vocab, padding rows not counted
-        keys = ["version", "n_layer", "n_head", "n_kv_head", "n_embd"]
+        keys = ["version", "window_pattern", "n_layer", "n_head", "n_kv_head", "n_embd"]
         keys += ["sequence_len", "window_pattern"] if nc.version >= 2026 else []
         for k in keys:
             setattr(cfg.gpt, k, getattr(nc, k))

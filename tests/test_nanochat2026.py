@@ -214,6 +214,18 @@ def test_import_weights_cli_and_reload(tmp_path, capsys):
         assert (model.gpt(idx)[..., :200].double() - reference_logits(sd, NC, idx)).abs().max() < TOL
 
 
+def test_the_checkpoint_decides_the_format(tmp_path):
+    # a 2025 nanochat under the 2026 preset gives a 2025 decoder, and the other way round
+    W.save_nanochat(GPT(GPTConfig(sequence_len=64, vocab_size=250, n_layer=2, n_head=4, n_kv_head=2, n_embd=48)),
+                    tmp_path / "nc25", step=1)
+    write_nanochat(tmp_path / "nc26", NC)
+    for preset, folder, want in ((get_preset("tiny", version=2026, window_pattern="SSSL"), "nc25", (2025, "L")),
+                                 ("tiny", "nc26", (2026, "SSSL"))):
+        s = W.import_weights(tmp_path / f"m-{folder}", preset, nanochat=tmp_path / folder, verbose=False)
+        g = load_model(tmp_path / f"m-{folder}")[0].config.gpt
+        assert (g.version, g.window_pattern) == want and s["parts"]["gpt"].startswith("loaded")
+
+
 def test_strict_errors(tmp_path):
     sd = write_nanochat(tmp_path / "a", NC)
     with pytest.raises(CheckpointError, match=r"window_pattern is 'SSSL' but gpt\.window_pattern is 'SL'"):
@@ -343,3 +355,13 @@ def test_d20_2026_preset():
     assert g.transformer.wte.weight.shape == (32832, 1280) and g.config.vocab_size == 32774
     assert sorted(map(int, g.value_embeds)) == list(range(1, 20, 2))
     assert 897 < m.param_counts()["gpt"] / 1e6 < 898  # 420M of it value embeddings
+
+
+def test_bf16_autocast_generation(model):
+    # the CUDA default (a bf16 KV cache, fp32 value embeddings and smear memory), exercised on CPU
+    cfg = model.config
+    rows = [make_row(cfg, 1, 140), make_row(cfg, 2, 20, (50, 30), "base")]
+    engine = Engine(model, autocast_dtype=torch.bfloat16)
+    for use_cache in (True, False):
+        out = generate(engine, rows, use_cache=use_cache)
+        assert [len(o) for o in out] == [30, 30] and all(0 <= t < 300 and t != IMG for o in out for t in o)
