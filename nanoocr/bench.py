@@ -250,7 +250,8 @@ def analytic_flops(model, batch):
         f += 2 * (g * g + 1) * clip_w + c.clip.depth * 4 * c.clip.dim * (g * g + 1) ** 2
         fwd += x.shape[0] * f
     B, T = batch["inputs"].shape
-    fwd += 2 * B * T * weights(model.gpt) + c.gpt.n_layer * 4 * c.gpt.n_embd * B * T * T  # wte is a lookup
+    fwd += 2 * B * T * weights(model.gpt)  # wte and value embeddings are lookups
+    fwd += sum(4 * c.gpt.n_embd * B * T * min(T, w or T) for w in model.gpt.windows)  # 2026: windows cap keys
     return 3 * fwd
 
 

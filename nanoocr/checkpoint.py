@@ -252,7 +252,7 @@ def save_model(model, out_dir, tokenizer=None, meta=None):
 def _fill_buffers(model, device):
     """Non-persistent buffers are not in the file: after a meta-device build they must be recomputed."""
     gpt = model.gpt
-    cos, sin = gpt._rotary(gpt.cos.shape[0], gpt.head_dim)  # the length GPT.__init__ chose
+    cos, sin = gpt._rotary(gpt.cos.shape[0], gpt.head_dim, gpt.rotary_base)  # the length GPT.__init__ chose
     gpt.cos, gpt.sin = cos.to(device), sin.to(device)
     left = [n for n, b in model.named_buffers() if b.is_meta]
     if left:

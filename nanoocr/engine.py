@@ -52,15 +52,15 @@ def _new_cache(gpt, batch, max_len, device, dtype, pad):
 class _Cached:
     """Prefill once into a KV cache, then one token per row per step."""
 
-    def __init__(self, gpt, embeds, pad, n_new, dtype):
+    def __init__(self, gpt, ids, embeds, pad, n_new, dtype):
         B, T, _ = embeds.shape
         # the last sampled token is never fed back, hence n_new - 1
         self.cache = _new_cache(gpt, B, T + n_new - 1, embeds.device, dtype, pad)
-        self.gpt, self.embeds = gpt, embeds
+        self.gpt, self.ids, self.embeds = gpt, ids, embeds
 
     def first(self):
-        logits = self.gpt(embeds=self.embeds, kv_cache=self.cache)[:, -1]  # (B, V)
-        self.embeds = None
+        logits = self.gpt(self.ids, embeds=self.embeds, kv_cache=self.cache)[:, -1]  # (B, V)
+        self.ids = self.embeds = None
         return logits
 
     def next(self, tok):
@@ -73,16 +73,17 @@ class _Cached:
 class _Uncached:
     """The reference: the whole sequence goes through the model again at every step."""
 
-    def __init__(self, gpt, embeds, pad, n_new, dtype):
-        self.gpt, self.embeds, self.pad, self.dtype = gpt, embeds, pad, dtype
+    def __init__(self, gpt, ids, embeds, pad, n_new, dtype):
+        self.gpt, self.ids, self.embeds, self.pad, self.dtype = gpt, ids, embeds, pad, dtype
         self.gen = torch.zeros(embeds.shape[0], 0, dtype=torch.long, device=embeds.device)  # (B, t)
 
     def _run(self):
         x = torch.cat([self.embeds, self.gpt.transformer.wte(self.gen)], 1)  # (B, T + t, D)
+        ids = torch.cat([self.ids, self.gen], 1)
         cache = None
         if any(self.pad):  # a throwaway cache, only to carry the padding mask and positions
             cache = _new_cache(self.gpt, x.shape[0], x.shape[1], x.device, self.dtype, self.pad)
-        return self.gpt(embeds=x, kv_cache=cache)[:, -1]
+        return self.gpt(ids, embeds=x, kv_cache=cache)[:, -1]
 
     def first(self):
         return self._run()
@@ -92,7 +93,7 @@ class _Uncached:
         return self._run()
 
     def select(self, rows, keep):
-        self.embeds, self.gen = self.embeds[rows], self.gen[rows]
+        self.ids, self.embeds, self.gen = self.ids[rows], self.embeds[rows], self.gen[rows]
         self.pad = [self.pad[j] for j in keep]
 
 
@@ -110,7 +111,8 @@ class Engine:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _prompt_embeds(self, prompts, views):
-        """Left-padded prompts -> merged input embeddings (B, T, D) and the per-row padding."""
+        """Left-padded prompts -> the decoder's ids (B, T) (-1 at vision tokens), the merged input
+        embeddings (B, T, D) and the per-row padding."""
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
         T = max(len(p) for p in prompts)
@@ -123,7 +125,7 @@ class Engine:
                 raise ValueError("images given but model.image_token_id is not set")
             dtype = next(self.model.parameters()).dtype
             vision = self.model.encode_images(views.to(self.device, dtype))  # the one vision pass
-        return self.model.embed(idx, vision), pad
+        return self.model.decoder_ids(idx, vision), self.model.embed(idx, vision), pad
 
     @torch.inference_mode()
     def generate(self, prompts, views=None, max_new_tokens=256, stop_ids=(), temperature=0.0, top_k=None,
@@ -152,9 +154,9 @@ class Engine:
             hist = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long, device=dev)
         active = list(range(len(prompts)))  # batch position -> input row
         with self._autocast():
-            embeds, pad = self._prompt_embeds(prompts, views)
+            ids, embeds, pad = self._prompt_embeds(prompts, views)
             dtype = self.autocast_dtype or embeds.dtype
-            runner = (_Cached if use_cache else _Uncached)(gpt, embeds, pad, max_new_tokens, dtype)
+            runner = (_Cached if use_cache else _Uncached)(gpt, ids, embeds, pad, max_new_tokens, dtype)
             logits = runner.first()  # (B, V)
             for t in range(max_new_tokens):
                 if banned.numel():

@@ -141,12 +141,20 @@ class NanoDeepseekOCR(nn.Module):
                                  f"{vision.shape[0]} vision tokens")
         return x.masked_scatter(mask[..., None], vision.to(x.dtype))
 
+    def decoder_ids(self, idx, vision=None):
+        """The ids that go beside the embeddings into the decoder: -1 where a vision token sits, since it
+        is no vocabulary id (the 2026 decoder then gives it no value embedding and no smear)."""
+        if vision is None or self.image_token_id is None:
+            return idx
+        return idx.masked_fill(idx == self.image_token_id, -1)
+
     def forward(self, idx, targets=None, views=None, kv_cache=None, loss_reduction="mean", glyphs=None):
         """idx (B, T); views: a ViewBatch for the images of all rows in order (None for text-only).
         glyphs (n_vision_tokens,), -1 = none: also return the dense reading loss, (loss, glyph_loss)."""
         vision = self.encode_images(views) if views is not None else None
         embeds = self.embed(idx, vision)
-        out = self.gpt(embeds=embeds, targets=targets, kv_cache=kv_cache, loss_reduction=loss_reduction)
+        out = self.gpt(self.decoder_ids(idx, vision), targets, embeds=embeds, kv_cache=kv_cache,
+                       loss_reduction=loss_reduction)
         if glyphs is None:
             return out
         return out, self.glyph_loss(vision, glyphs, loss_reduction)

@@ -46,6 +46,10 @@ class GPTConfig:
     n_head: int = 16
     n_kv_head: int = 16
     n_embd: int = 1280
+    # nanochat's checkpoint format: 2025, or 2026 (sliding windows, value embeddings, resid/x0 lambdas,
+    # smear, backout; tables padded to a multiple of 64, vocab_size stays the real vocabulary)
+    version: int = 2025
+    window_pattern: str = "L"  # 2026: S (short) / L (long) windows tiled over the layers, the last one L
 
 
 @dataclass
@@ -93,6 +97,12 @@ class OCRConfig:
             raise ValueError("config: every width must be divisible by its number of heads")
         if g.n_head % g.n_kv_head:
             raise ValueError(f"config: gpt.n_head ({g.n_head}) must be a multiple of n_kv_head ({g.n_kv_head})")
+        if g.version not in (2025, 2026):
+            raise ValueError(f"config: gpt.version must be 2025 or 2026 (nanochat's formats), not {g.version}")
+        if not g.window_pattern or set(g.window_pattern.upper()) - set("SL"):
+            raise ValueError(f"config: gpt.window_pattern {g.window_pattern!r} must be letters S and L")
+        if g.version == 2025 and g.window_pattern != "L":
+            raise ValueError("config: sliding windows (gpt.window_pattern) are part of the 2026 format only")
         if any(b >= s.depth for b in s.global_blocks):
             raise ValueError(f"config: sam.global_blocks {s.global_blocks} outside depth {s.depth}")
         if s.stem not in ("patch", "conv"):
@@ -111,6 +121,13 @@ class OCRConfig:
 
 def _deepseek_d20():
     return OCRConfig()
+
+
+def _deepseek_d20_2026():
+    # The same model on a nanochat trained since spring 2026: d20 is 1280 wide in 10 heads of 128, with
+    # the 32768-token tokenizer (+ our 6 special tokens) and the default SSSL window pattern
+    return OCRConfig(gpt=GPTConfig(vocab_size=32768 + 6, n_head=10, n_kv_head=10, version=2026,
+                                   window_pattern="SSSL"))
 
 
 def _cpu():
@@ -135,7 +152,7 @@ def _tiny():
     )
 
 
-PRESETS = {"deepseek-d20": _deepseek_d20, "cpu": _cpu, "tiny": _tiny}
+PRESETS = {"deepseek-d20": _deepseek_d20, "deepseek-d20-2026": _deepseek_d20_2026, "cpu": _cpu, "tiny": _tiny}
 
 
 def apply_overrides(cfg, assignments):

@@ -9,8 +9,10 @@ that disagrees with ours) is an error naming the file, the key and the shapes.
   HF CLIP (CLIPModel / CLIPVisionModel) vision_model.* (or bare) -> vision_model, q/k/v fused into qkv_proj;
                                         text_model.*, logit_scale, *_projection, post_layernorm (DeepEncoder
                                         does not use it) and the position_ids buffer ignored
-  nanochat (model_NNNNNN.pt + meta)     -> gpt; `_orig_mod.` stripped, vocab grown with resize_vocab,
-                                        optim_* files ignored
+  nanochat (model_NNNNNN.pt + meta)     -> gpt, either format (2025, or 2026 when the meta has
+                                        window_pattern); `_orig_mod.` stripped, optim_* files ignored; the
+                                        real vocab (meta vocab_size) is loaded, the file's padding rows
+                                        past it are ignored, our special tokens get fresh rows after it
   DeepSeek-OCR release (safetensors)    [model.]sam_model/vision_model/projector/image_newline/view_seperator;
                                         the 3B MoE language model (and the position_ids buffer) ignored,
                                         read shard by shard so it is never materialised
@@ -36,6 +38,7 @@ from nanoocr.checkpoint import (
     save_model,
     write_safetensors,
 )
+from nanoocr.gpt import table_rows
 from nanoocr.model import PARTS, NanoDeepseekOCR, part_of
 from nanoocr.presets import GPTConfig, OCRConfig, get_preset
 
@@ -43,6 +46,7 @@ from nanoocr.presets import GPTConfig, OCRConfig, get_preset
 # the nanochat vocab: 65536 + 6 = the d20 preset's 65542. Their ids come with the tokenizer later.
 RESERVED_SPECIAL_TOKENS = 6
 NANOCHAT_CONFIG_KEYS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
+NANOCHAT_KEYS_BY_FORMAT = {2025: NANOCHAT_CONFIG_KEYS, 2026: NANOCHAT_CONFIG_KEYS + ("window_pattern",)}
 
 
 @dataclass
@@ -298,17 +302,19 @@ def _nanochat_files(folder, step=None):
 
 
 def _nanochat_meta(meta_path):
+    """(meta, model_config, format): 2026 when the config has window_pattern, else 2025."""
     meta = read_json(meta_path, "nanochat metadata")
     mc = meta.get("model_config") if isinstance(meta, dict) else None
     if not isinstance(mc, dict):
         raise CheckpointError(f"{meta_path}: no model_config")
-    unknown = set(mc) - set(NANOCHAT_CONFIG_KEYS)
-    missing = set(NANOCHAT_CONFIG_KEYS) - set(mc)
+    version = 2026 if "window_pattern" in mc else 2025
+    keys = NANOCHAT_KEYS_BY_FORMAT[version]
+    unknown, missing = set(mc) - set(keys), set(keys) - set(mc)
     if unknown or missing:
         raise CheckpointError(f"{meta_path}: model_config has unknown {sorted(unknown)} / missing "
-                              f"{sorted(missing)} fields: not the 2025 nanochat format this importer knows "
-                              f"(the 2026 architecture with value embeddings is a different format)")
-    return meta, mc
+                              f"{sorted(missing)} fields: not nanochat's 2025 or 2026 format as this importer "
+                              f"knows them (2025: {', '.join(NANOCHAT_CONFIG_KEYS)}; 2026 adds window_pattern)")
+    return meta, mc, version
 
 
 def _nanochat_state(model_path):
@@ -318,54 +324,81 @@ def _nanochat_state(model_path):
     return {k.removeprefix("_orig_mod."): v for k, v in sd.items()}  # saved after torch.compile
 
 
+def _file_rows(sd, mc, model_path):
+    """Rows of the file's vocab tables: the real vocab, or (since 2025-12) padded up to a multiple of 64."""
+    wte = sd.get("transformer.wte.weight")
+    real = mc["vocab_size"]
+    rows = wte.shape[0] if wte is not None else real
+    if rows not in (real, -(-real // 64) * 64):
+        raise CheckpointError(f"{model_path}: transformer.wte.weight has {rows} rows but the meta's vocab_size "
+                              f"is {real} (expected {real}, or padded to {-(-real // 64) * 64})")
+    return rows
+
+
 def nanochat_config(folder, step=None):
-    """A GPTConfig that a nanochat checkpoint loads into (vocab = its embedding rows, padding included)."""
+    """The GPTConfig of a nanochat checkpoint: its format and dimensions, vocab_size = its real vocab."""
     model_path, meta_path, step = _nanochat_files(folder, step)
-    _, mc = _nanochat_meta(meta_path)
-    wte = _nanochat_state(model_path).get("transformer.wte.weight")
-    rows = wte.shape[0] if wte is not None else mc["vocab_size"]
-    return GPTConfig(**{**mc, "vocab_size": rows})
+    _, mc, version = _nanochat_meta(meta_path)
+    _file_rows(_nanochat_state(model_path), mc, model_path)
+    return GPTConfig(**mc, version=version)
 
 
 @torch.no_grad()
 def load_nanochat(model_or_gpt, folder, step=None):
-    """nanochat base/mid/sft weights -> our GPT. A bigger vocab on our side (our special tokens) is grown
-    with resize_vocab: the checkpoint's rows stay bit-exact, the new rows get a fresh init."""
+    """nanochat base/mid/sft weights (either format) -> our GPT, which must have the checkpoint's format,
+    dimensions and (2026) window layout. The checkpoint's real vocab lands in rows [0, vocab_size) bit-exact;
+    a bigger vocab on our side (our special tokens) gets fresh rows after it; the file's padding rows are
+    dropped, so a special token never inherits an untrained padding row."""
     gpt = model_or_gpt.gpt if isinstance(model_or_gpt, NanoDeepseekOCR) else model_or_gpt
     prefix = "gpt." if gpt is not model_or_gpt else ""
     model_path, meta_path, step = _nanochat_files(folder, step)
-    _, mc = _nanochat_meta(meta_path)
+    _, mc, version = _nanochat_meta(meta_path)
     c = gpt.config
-    dims = ("n_layer", "n_head", "n_kv_head", "n_embd")
-    _check_hf_config(meta_path, [(k, mc[k], f"gpt.{k}", getattr(c, k)) for k in dims])
+    checks = [("format", version, "gpt.version", c.version)]
+    checks += [(k, mc[k], f"gpt.{k}", getattr(c, k)) for k in ("n_layer", "n_head", "n_kv_head", "n_embd")]
+    if version >= 2026:  # the window sizes derive from both
+        checks += [(k, mc[k], f"gpt.{k}", getattr(c, k)) for k in ("sequence_len", "window_pattern")]
+    _check_hf_config(meta_path, checks)
     sd = _nanochat_state(model_path)
-    wte = sd.get("transformer.wte.weight")
-    rows, target = (wte.shape[0] if wte is not None else c.vocab_size), c.vocab_size
-    if rows > target:
-        raise CheckpointError(f"{model_path}: {rows} vocab rows, more than our decoder's {target}")
-    notes = []
-    if rows < target:
-        # load into rows-sized tables, then grow them the one way the project grows vocabularies
-        old = gpt.transformer.wte, gpt.lm_head, c.vocab_size
-        w = gpt.transformer.wte.weight
-        gpt.transformer.wte = nn.Embedding(rows, c.n_embd, device=w.device, dtype=w.dtype)
-        gpt.lm_head = nn.Linear(c.n_embd, rows, bias=False, device=w.device, dtype=gpt.lm_head.weight.dtype)
-        c.vocab_size = rows
+    rows, real, target = _file_rows(sd, mc, model_path), mc["vocab_size"], c.vocab_size
+    if real > target:
+        raise CheckpointError(f"{model_path}: {real} vocab rows, more than our decoder's {target}")
+    # load into tables shaped as the file's, then cut to the real vocab and grow to ours
+    old = {name: t for name, t in gpt.vocab_tables().items()}, c.vocab_size
+    for name, t in old[0].items():
+        w = t.weight
+        if isinstance(t, nn.Linear):
+            gpt._set_table(name, nn.Linear(w.shape[1], rows, bias=False, device=w.device, dtype=w.dtype))
+        else:
+            gpt._set_table(name, nn.Embedding(rows, w.shape[1], device=w.device, dtype=w.dtype))
     plan = {k: [k] for k in gpt.state_dict()}
     try:
         report = _load_mapped(gpt.state_dict(), plan, sd, model_path, prefix=prefix)
-    except CheckpointError:
-        if rows < target:
-            gpt.transformer.wte, gpt.lm_head, c.vocab_size = old
+    except CheckpointError as e:
+        for name, t in old[0].items():
+            gpt._set_table(name, t)
+        c.vocab_size = old[1]
+        if version >= 2026 and any(k not in sd for k in plan):
+            raise CheckpointError(f"{e} (a nanochat from between 2026-01 and 2026-04 has windows but not yet "
+                                  f"all of smear/backout/value embeddings: only the format of 92d63d4 loads)") \
+                from None
         raise
-    if rows < target:
-        gpt.resize_vocab(target)
-        report.fresh += [f"{prefix}{k}[{rows}:{target}]" for k in ("transformer.wte.weight",
-                                                                      "lm_head.weight")]
-        notes.append(f"vocab grown {rows} -> {target}; the checkpoint's rows are unchanged")
-    if mc["sequence_len"] != c.sequence_len:
+    c.vocab_size = real
+    gpt.resize_vocab(target, keep=real)
+    new_rows = table_rows(c)
+    if new_rows > real:
+        report.fresh += [f"{prefix}{name}.weight[{real}:{new_rows}]" for name in gpt.vocab_tables()]
+    notes = [f"nanochat {version} format, step {step}"]
+    if rows > real:
+        report.ignored[f"padding rows [{real}:{rows}] past the real vocab (never trained)"] = \
+            [f"{name}.weight" for name in gpt.vocab_tables()]
+    if target > real:
+        notes.append(f"vocab grown {real} -> {target}; the checkpoint's rows are unchanged")
+    if new_rows > target:
+        notes.append(f"rows [{target}:{new_rows}] pad the tables to a multiple of 64 and are never scored")
+    if version < 2026 and mc["sequence_len"] != c.sequence_len:
         notes.append(f"nanochat trained at sequence_len {mc['sequence_len']}; ours is {c.sequence_len}")
-    report.notes += notes + [f"nanochat step {step}"]
+    report.notes += notes
     return report
 
 
@@ -376,7 +409,8 @@ def save_nanochat(gpt, folder, step, meta=None):
     c = gpt.config
     with atomic_path(folder / f"model_{step:06d}.pt") as tmp:
         torch.save({k: v.detach().cpu().contiguous() for k, v in gpt.state_dict().items()}, tmp)
-    doc = {"step": step, "model_config": {k: getattr(c, k) for k in NANOCHAT_CONFIG_KEYS}, **(meta or {})}
+    keys = NANOCHAT_KEYS_BY_FORMAT[c.version]
+    doc = {"step": step, "model_config": {k: getattr(c, k) for k in keys}, **(meta or {})}
     atomic_write_json(folder / f"meta_{step:06d}.json", doc)
     return folder
 
@@ -492,26 +526,28 @@ def import_weights(out, preset="deepseek-d20", sam=None, clip=None, nanochat=Non
                    tokenizer=None, seed=0, verbose=True):
     """Build the model from `preset`, load the given parts, save it with save_model into `out`.
 
-    Decoder size: a nanochat folder sets n_layer/n_head/n_kv_head/n_embd from its meta. Vocab: the
-    tokenizer's size (and its <|image|> id) when given. Without a tokenizer, nanochat's rows plus
-    RESERVED_SPECIAL_TOKENS rows for our special tokens (image_token_id stays unset until a tokenizer is
-    attached), or the preset's vocab_size without nanochat. Returns a dict report."""
+    Decoder: a nanochat folder sets the format, window_pattern ("L" in 2025) and n_layer/n_head/n_kv_head/
+    n_embd from its meta, whatever the preset says (2026:
+    sequence_len and window_pattern too, the windows derive from them). Vocab: the tokenizer's size (and
+    its <|image|> id) when given. Without a tokenizer, nanochat's real vocab plus RESERVED_SPECIAL_TOKENS
+    ids for our special tokens (image_token_id stays unset until a tokenizer is attached), or the preset's
+    vocab_size without nanochat. Returns a dict report."""
     if deepseek_ocr is not None and (sam is not None or clip is not None):
         raise ValueError("give the DeepSeek-OCR release or SAM/CLIP weights, not both (the same parts)")
     cfg = copy.deepcopy(preset) if isinstance(preset, OCRConfig) else get_preset(preset)
     tok = _load_tokenizer(tokenizer)
     notes = []
     if nanochat is not None:
-        nc = nanochat_config(nanochat)
-        _, meta_path, _ = _nanochat_files(nanochat)
-        nc_vocab = _nanochat_meta(meta_path)[1]["vocab_size"]
-        for k in ("n_layer", "n_head", "n_kv_head", "n_embd"):
+        nc = nanochat_config(nanochat)  # vocab_size: the real vocab, padding rows not counted
+        keys = ["version", "window_pattern", "n_layer", "n_head", "n_kv_head", "n_embd"]
+        keys += ["sequence_len", "window_pattern"] if nc.version >= 2026 else []
+        for k in keys:
             setattr(cfg.gpt, k, getattr(nc, k))
         if tok is not None:
-            if tok.vocab_size < nc_vocab:
+            if tok.vocab_size < nc.vocab_size:
                 raise ValueError(f"the tokenizer has {tok.vocab_size} tokens, fewer than the nanochat "
-                                 f"checkpoint's {nc_vocab}: it is not that checkpoint's tokenizer plus ours")
-            cfg.gpt.vocab_size = max(tok.vocab_size, nc.vocab_size)
+                                 f"checkpoint's {nc.vocab_size}: it is not that checkpoint's tokenizer plus ours")
+            cfg.gpt.vocab_size = tok.vocab_size
         else:
             cfg.gpt.vocab_size = nc.vocab_size + RESERVED_SPECIAL_TOKENS
             notes.append(f"no tokenizer: reserved {RESERVED_SPECIAL_TOKENS} rows after nanochat's "
@@ -568,7 +604,8 @@ def format_summary(s):
 
 def add_args(parser):
     parser.add_argument("--out", required=True, help="model folder to write (config.json, model.safetensors)")
-    parser.add_argument("--preset", default="deepseek-d20", help="model size: deepseek-d20, cpu or tiny")
+    parser.add_argument("--preset", default="deepseek-d20", help="model size: deepseek-d20, deepseek-d20-2026, cpu "
+                        "or tiny (a nanochat checkpoint sets the decoder's format and sizes)")
     parser.add_argument("--sam", help="transformers SAM folder (e.g. facebook/sam-vit-base) or HF repo id")
     parser.add_argument("--clip", help="transformers CLIP folder (openai/clip-vit-large-patch14) or repo id")
     parser.add_argument("--nanochat", help="nanochat checkpoint folder (model_NNNNNN.pt + meta_NNNNNN.json)")
