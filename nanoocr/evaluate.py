@@ -221,6 +221,46 @@ def add_args(p):
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="folder for per-sample JSONL + summary.json")
+    p.add_argument("--compare", choices=["tesseract"], default=None,
+                   help="also score the tesseract binary on the same samples and print it beside our model")
+
+
+def compare_tesseract(samples, out, progress=True):
+    """Score tesseract on the same samples, one page segmentation mode per kind; None (with the reason
+    printed) when the binary is missing."""
+    from nanoocr.tesseract import TesseractMissing, TesseractReader
+    try:
+        tess = TesseractReader()
+    except TesseractMissing as e:
+        print(f"compare: {e}")
+        return None
+    rows, failed, t0 = [], [], time.time()
+    for s in tqdm(samples, desc="tesseract", disable=not progress):
+        tess.kind = s["kind"]
+        try:
+            pred = tess.read_one(s["load"]()).text
+        except Exception as e:  # a page tesseract cannot read is one more failure, not the end of the run
+            failed.append({"id": s["id"], "error": str(e)})
+            continue
+        rows.append({"id": s["id"], "kind": s["kind"], "ref": s["ref"], "pred": pred,
+                     "cer": metrics.cer(pred, s["ref"])})
+    if out:
+        with open(out, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return {"engine": tess.version, "n": len(rows), "failed": failed, "seconds": time.time() - t0,
+            "by_kind": score_rows(rows) if rows else {}}
+
+
+def format_comparison(ours, theirs):
+    lines = [f"| set | n | nanoocr CER | {theirs['engine']} CER | nanoocr exact | tesseract exact |",
+             "|---|---|---|---|---|---|"]
+    for k, s in ours["by_kind"].items():
+        t = theirs["by_kind"].get(k)
+        if t:
+            lines.append(f"| {k} | {s['n']} | {100 * s['cer']:.2f}% | {100 * t['cer']:.2f}% | "
+                         f"{100 * s['exact']:.1f}% | {100 * t['exact']:.1f}% |")
+    return "\n".join(lines)
 
 
 def main(args):
@@ -231,12 +271,21 @@ def main(args):
         path = Path(spec.replace(":", "_"))
         name = path.parent.name if path.name == "manifest.jsonl" else path.stem
         out = Path(args.out) / f"{name}.jsonl" if args.out else None
-        rows, summary = evaluate(reader, eval_set(spec), args.batch_size, args.limit, out, args.prompt)
+        samples = list(eval_set(spec))[:args.limit] if args.limit else list(eval_set(spec))
+        rows, summary = evaluate(reader, samples, args.batch_size, None, out, args.prompt)
         print(f"\n{spec}: {summary['n']} samples in {summary['seconds']:.1f}s")
         print(format_summary(summary))
         for f in summary["failed"]:
             print(f"failed: {f['id']}: {f['error']}")
             code = 1
+        if args.compare == "tesseract":
+            theirs = compare_tesseract(samples, Path(args.out) / f"{name}.tesseract.jsonl" if args.out else None)
+            if theirs is not None:
+                summary["tesseract"] = theirs
+                print(f"\nbeside {theirs['engine']} ({theirs['n']} samples in {theirs['seconds']:.1f}s):")
+                print(format_comparison(summary, theirs))
+                for f in theirs["failed"]:
+                    print(f"tesseract failed: {f['id']}: {f['error']}")
         if args.out:
             (Path(args.out) / f"{name}.summary.json").write_text(json.dumps(summary, indent=2))
     return code
