@@ -126,7 +126,18 @@ def _torch_load(path):
             return torch.load(path, map_location="cpu", weights_only=True)  # old non-zip format
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable torch state dict (truncated, corrupt, or holding more "
-                              f"than tensors?): {type(e).__name__}: {e}") from None
+                              f"than tensors?): {_torch_error(e)}") from None
+
+
+def _torch_error(e):
+    """torch's error without its advice to re-run with weights_only=False: that would run the file's
+    pickled code, which this project never does. What is left is the reason (e.g. the refused global)."""
+    text = str(e)
+    if "weights_only" not in text:
+        return f"{type(e).__name__}: {text}"
+    m = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    return "it holds objects other than tensors, and loading those would run code from the file" + \
+        (f" ({m.group(1).split('. ')[0].strip()})" if m else "")  # the reason, not the allowlisting advice
 
 
 def _read_hf_weights(folder):
@@ -360,13 +371,24 @@ def load_nanochat(model_or_gpt, folder, step=None):
         raise
     if rows < target:
         gpt.resize_vocab(target)
-        report.fresh += [f"{prefix}{k}[{rows}:{target}]" for k in ("transformer.wte.weight",
-                                                                      "lm_head.weight")]
         notes.append(f"vocab grown {rows} -> {target}; the checkpoint's rows are unchanged")
+    real = min(mc["vocab_size"], rows)
+    if real < rows:  # nanochat pads its tables (to a multiple of 64): those rows are no tokens
+        _fresh_rows(gpt, real, rows)
+        notes.append(f"rows {real}:{rows} were nanochat's vocab padding (it never trained them): newly "
+                     f"initialised, as rows for our special tokens")
+    if real < target:
+        report.fresh += [f"{prefix}{k}[{real}:{target}]" for k in ("transformer.wte.weight", "lm_head.weight")]
     if mc["sequence_len"] != c.sequence_len:
         notes.append(f"nanochat trained at sequence_len {mc['sequence_len']}; ours is {c.sequence_len}")
     report.notes += notes + [f"nanochat step {step}"]
     return report
+
+
+def _fresh_rows(gpt, lo, hi):
+    # the init resize_vocab gives new rows: a token the checkpoint never saw
+    nn.init.normal_(gpt.transformer.wte.weight[lo:hi], std=1.0)
+    nn.init.zeros_(gpt.lm_head.weight[lo:hi])
 
 
 def save_nanochat(gpt, folder, step, meta=None):
@@ -512,10 +534,10 @@ def import_weights(out, preset="deepseek-d20", sam=None, clip=None, nanochat=Non
                 raise ValueError(f"the tokenizer has {tok.vocab_size} tokens, fewer than the nanochat "
                                  f"checkpoint's {nc_vocab}: it is not that checkpoint's tokenizer plus ours")
             cfg.gpt.vocab_size = max(tok.vocab_size, nc.vocab_size)
-        else:
-            cfg.gpt.vocab_size = nc.vocab_size + RESERVED_SPECIAL_TOKENS
+        else:  # our special tokens come right after nanochat's real vocab, on its padding rows if it has some
+            cfg.gpt.vocab_size = max(nc.vocab_size, nc_vocab + RESERVED_SPECIAL_TOKENS)
             notes.append(f"no tokenizer: reserved {RESERVED_SPECIAL_TOKENS} rows after nanochat's "
-                         f"{nc.vocab_size} for our special tokens; image_token_id unset (pass a tokenizer)")
+                         f"{nc_vocab} tokens for our special tokens; image_token_id unset (pass a tokenizer)")
     elif tok is not None:
         cfg.gpt.vocab_size = tok.vocab_size
     else:
@@ -569,8 +591,8 @@ def format_summary(s):
 def add_args(parser):
     parser.add_argument("--out", required=True, help="model folder to write (config.json, model.safetensors)")
     parser.add_argument("--preset", default="deepseek-d20", help="model size: deepseek-d20, cpu or tiny")
-    parser.add_argument("--sam", help="transformers SAM folder (e.g. facebook/sam-vit-base) or HF repo id")
-    parser.add_argument("--clip", help="transformers CLIP folder (openai/clip-vit-large-patch14) or repo id")
+    parser.add_argument("--sam", help="transformers SAM folder, or hf:facebook/sam-vit-base to fetch it")
+    parser.add_argument("--clip", help="transformers CLIP folder, or hf:openai/clip-vit-large-patch14")
     parser.add_argument("--nanochat", help="nanochat checkpoint folder (model_NNNNNN.pt + meta_NNNNNN.json)")
     parser.add_argument("--deepseek-ocr", help="DeepSeek-OCR release folder: DeepEncoder + projector only")
     parser.add_argument("--tokenizer", help="tokenizer folder (our tokenizer.json, nanochat's tokenizer.pkl)")
