@@ -48,7 +48,6 @@ from nanoocr.ocr import boxes_json
 
 MB = 1 << 20
 MP = 1_000_000
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 DOCS_NOTE = ('<p style="font-family:sans-serif;margin:1em">This page loads Swagger UI from cdn.jsdelivr.net; '
              'without internet access it stays blank: the API description is <a href="/openapi.json">'
              '/openapi.json</a>.</p>')
