@@ -133,7 +133,8 @@ def main():
         hits += int((logits.detach().argmax(-1)[sel] == labels[sel]).sum())
         total += int(sel.sum())
         if step % args.every == 0 or step == args.steps:
-            rec = {"encoder": args.encoder, "cfg": args.cfg, "read": args.read, "freeze": args.freeze, "step": step, "loss": round(loss.item(), 4),
+            rec = {"encoder": args.encoder, "cfg": args.cfg, "read": args.read, "freeze": args.freeze,
+                   "step": step, "loss": round(loss.item(), 4),
                    "char_acc": round(hits / max(1, total), 4), "seconds": round(time.time() - t0, 1)}
             print(json.dumps(rec), flush=True)
             if out:

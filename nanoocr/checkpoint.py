@@ -12,11 +12,13 @@ corrupt config is an error that names the file, the key and the shapes.
 
 import base64
 import contextlib
+import glob
 import json
 import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -81,6 +83,33 @@ def atomic_write_json(path, obj):
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive but not ours
+        return True
+    return True
+
+
+def _clean_stale(dest):
+    """Remove what a save killed mid-way (kill -9, power loss) left next to `dest`: .tmp-PID-* and
+    .old-PID copies of processes that are gone (a full model each). If the kill came between the two
+    renames of _replace_dir, `dest` is missing and its complete previous version is put back first."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return
+    for p in sorted(dest.parent.glob(f".{glob.escape(dest.name)}.*")):
+        m = re.fullmatch(rf"\.{re.escape(dest.name)}\.(old|tmp)-(\d+)(-.*)?", p.name)
+        if not m or _pid_alive(int(m.group(2))):
+            continue
+        if m.group(1) == "old" and not dest.exists():
+            os.replace(p, dest)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _replace_dir(tmp, dest):
     """Move the finished folder `tmp` to `dest`. Linux cannot swap two folders in one step, so the old one
     is renamed aside first: a crash in between leaves both complete folders on disk, never a mixed one."""
@@ -101,7 +130,9 @@ def _replace_dir(tmp, dest):
 def _temp_dir_for(dest):
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    _clean_stale(dest)
+    # the pid in the name tells a later save whether its writer is gone (then it is garbage)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     os.chmod(tmp, 0o755)
     try:
         yield tmp
@@ -186,31 +217,37 @@ def _unwrap(model):
 # ----------------------------------------------------------------------------------------------
 # Hugging Face repo ids instead of local folders
 
+HUB_PREFIX = "hf:"  # the one form that may reach the network: hf:org/name
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve_dir(path, what, allow_patterns=None):
-    """A local folder as is; an "org/name" that is not one is fetched with huggingface_hub when that is
-    installed and online. Any failure says how to pass a local folder instead."""
-    p = Path(path).expanduser()
-    if p.exists() or not _REPO_ID.match(str(path)):
-        return p
+    """A local path as is (it may not exist: the caller says "no such folder"); "hf:org/name" is fetched
+    with huggingface_hub when that is installed and online. Only the explicit hf: form reaches the network,
+    so a mistyped local path such as models/d20 is never looked up as a repo. Any failure says how to pass
+    a local folder instead."""
+    if not str(path).startswith(HUB_PREFIX):
+        return Path(path).expanduser()
+    path = str(path)[len(HUB_PREFIX):]
+    if not _REPO_ID.match(path):
+        raise FileNotFoundError(f"{HUB_PREFIX}{path}: not a Hugging Face repo id (expected hf:org/name)")
+    name = f"{HUB_PREFIX}{path}"
     hint = (f"Pass a local folder instead: download it where you have network access (for example "
             f"`hf download {path} --local-dir DIR`) and give DIR.")
     try:
         from huggingface_hub import constants, snapshot_download
     except ImportError:
-        raise FileNotFoundError(f"{path}: no such local {what}, and huggingface_hub is not installed to "
-                                f"fetch it as a Hugging Face repo id. {hint}") from None
+        raise FileNotFoundError(f"{name}: cannot fetch the {what}: huggingface_hub is not installed. "
+                                f"{hint}") from None
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     if offline or getattr(constants, "HF_HUB_OFFLINE", False):
-        raise FileNotFoundError(f"{path}: no such local {what}, and the Hugging Face Hub is offline "
+        raise FileNotFoundError(f"{name}: cannot fetch the {what}: the Hugging Face Hub is offline "
                                 f"(HF_HUB_OFFLINE). {hint}")
     try:
-        return Path(snapshot_download(str(path), allow_patterns=allow_patterns))
+        return Path(snapshot_download(path, allow_patterns=allow_patterns))
     except Exception as e:
-        raise FileNotFoundError(f"{path}: no such local {what}, and fetching it as a Hugging Face repo id "
-                                f"failed ({type(e).__name__}: {e}). {hint}") from None
+        raise FileNotFoundError(f"{name}: fetching the {what} from the Hugging Face Hub failed "
+                                f"({type(e).__name__}: {e}). {hint}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,6 +441,8 @@ def save_training_state(path_dir, step, model, optimizer, extra=None, keep=2):
     model = _unwrap(model)
     root = Path(path_dir)
     root.mkdir(parents=True, exist_ok=True)
+    for name in {m.group(1) for p in root.glob(".step_*") if (m := re.match(r"\.(step_\d+)\.", p.name))}:
+        _clean_stale(root / name)  # copies left by a save that was killed
     final = _step_dir(root, step)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
@@ -434,6 +473,12 @@ def save_training_state(path_dir, step, model, optimizer, extra=None, keep=2):
     return final
 
 
+def _step_dirs(root):
+    """Complete step folders under `root`, newest first."""
+    steps = [p for p in Path(root).glob("step_*") if re.fullmatch(r"step_\d+", p.name) and (p / "state.json").is_file()]
+    return sorted(steps, key=lambda p: int(p.name[5:]), reverse=True)
+
+
 def _latest_dir(path_dir):
     root = Path(path_dir)
     if (root / "state.json").is_file():  # a step folder itself
@@ -454,25 +499,49 @@ def has_training_state(path_dir):
         _latest_dir(path_dir)
         return True
     except (FileNotFoundError, CheckpointError):
-        return False
+        return bool(_step_dirs(path_dir))
+
+
+def load_training_state(path_dir, model, optimizer=None):
+    """Restore model weights and optimizer state in place (the optimizer keeps its parameter objects).
+    Returns (step, extra). A corrupt newest checkpoint (or pointer) is not fatal while an older complete
+    one is on disk: that one is loaded and a warning says so. If none loads, the newest one's error."""
+    root = Path(path_dir)
+    try:
+        newest, pointer_error = _latest_dir(root), None
+    except (FileNotFoundError, CheckpointError) as e:
+        if not _step_dirs(root):
+            raise
+        newest, pointer_error = None, e
+    candidates = [newest] if newest is not None else []
+    if newest is None or newest.parent == root:  # a step folder given directly has no siblings to fall back to
+        candidates += [d for d in _step_dirs(root) if d != newest
+                       and (newest is None or int(d.name[5:]) < int(newest.name[5:]))]
+    first_error = pointer_error
+    for d in candidates:
+        try:
+            result = _load_step(d, model, optimizer)
+        except (FileNotFoundError, CheckpointError) as e:
+            first_error = first_error or e
+            continue
+        if first_error is not None:
+            print(f"warning: {first_error}\nwarning: resuming from the previous checkpoint {d} instead",
+                  file=sys.stderr)
+        return result
+    raise first_error
 
 
 @torch.no_grad()
-def load_training_state(path_dir, model, optimizer=None):
-    """Restore model weights and optimizer state in place (the optimizer keeps its parameter objects).
-    Returns (step, extra)."""
+def _load_step(d, model, optimizer):
     model = _unwrap(model)
-    d = _latest_dir(path_dir)
     doc = read_json(d / "state.json", "training state")
-    if doc.get("format") != TRAIN_FORMAT:
-        raise CheckpointError(f"{d / 'state.json'}: format is {doc.get('format')!r}, "
-                              f"expected {TRAIN_FORMAT!r}")
+    if not isinstance(doc, dict) or doc.get("format") != TRAIN_FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise CheckpointError(f"{d / 'state.json'}: format is {found!r}, expected {TRAIN_FORMAT!r}")
     weights = d / "model.safetensors"
     state, _ = read_safetensors(weights)
     own = model.state_dict()
     check_state_dict(own, state, weights)
-    for k, v in state.items():
-        own[k].copy_(v)
     if optimizer is not None:
         if "optimizer" not in doc:
             raise CheckpointError(f"{d}: saved without optimizer state")
@@ -483,8 +552,12 @@ def load_training_state(path_dir, model, optimizer=None):
             raise CheckpointError(
                 f"{d}: the optimizer state is for {len(o['param_names'])} parameters, this optimizer has "
                 f"{len(names)} (a different freeze policy?); first differences (index, saved, now): {diff}")
-        tensors, _ = read_safetensors(d / "optim.safetensors")
-        optimizer.load_state_dict(_unflatten_optimizer(optimizer, tensors, o, d / "optim.safetensors"))
+        tensors, _ = read_safetensors(d / "optim.safetensors")  # read before anything is changed
+        opt_state = _unflatten_optimizer(optimizer, tensors, o, d / "optim.safetensors")
+    for k, v in state.items():
+        own[k].copy_(v)
+    if optimizer is not None:
+        optimizer.load_state_dict(opt_state)
     return doc["step"], doc.get("extra", {})
 
 

@@ -6,10 +6,12 @@ resume at any sample and every DDP rank reads its own slice without coordination
 (missing or broken images, empty conversations, image tokens that don't fit) are skipped and counted.
 """
 
+import bisect
 import hashlib
 import json
 import math
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,12 @@ from nanoocr.prompts import prompt_text
 
 
 class BadSample(Exception):
-    """A sample that cannot be used; the message says which file/field and why."""
+    """A sample that cannot be used; the message says which file/field and why. `reason` is the short
+    kind of problem (no file names, no line numbers), which SkipLog counts by."""
+
+    def __init__(self, message, reason=None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def _rng(*parts):
@@ -32,20 +39,21 @@ def _rng(*parts):
 
 
 def _open_image(src, base):
-    if isinstance(src, Image.Image):
-        return src.convert("RGB")
-    if isinstance(src, dict) and "bytes" in src:  # datasets' encoded image form
-        import io
-        src = io.BytesIO(src["bytes"])
-    path = src if not isinstance(src, str) else (Path(base) / src if base else Path(src))
+    """A training/eval image -> RGB, decoded exactly as `nanoocr ocr` and `serve` decode pages (EXIF upright,
+    transparency on white, the same pixel limit), so a model sees at test time what it was trained on."""
+    from nanoocr.inputs import InputError, load_image, to_rgb_page
     try:
-        with Image.open(path) as im:
-            im.load()  # force a full decode so truncated files fail here, not in the model
-            return im.convert("RGB")
-    except FileNotFoundError as e:
-        raise BadSample(f"image not found: {path}") from e
-    except Exception as e:  # PIL raises many types for bad files
-        raise BadSample(f"unreadable image {path}: {e}") from e
+        if isinstance(src, Image.Image):
+            return to_rgb_page(src, "image")
+        if isinstance(src, dict) and "bytes" in src:  # datasets' encoded image form
+            return load_image(src["bytes"], name="image bytes")
+        if not isinstance(src, (str, Path)):
+            raise BadSample(f"image must be a path, got {type(src).__name__}", "image is not a path")
+        path = Path(base) / src if base else Path(src)
+        return load_image(path, name=str(path))
+    except InputError as e:
+        reason = "image not found" if "no such file" in e.problem else "unreadable image"
+        raise BadSample(f"{reason}: {e}", reason) from None
 
 
 def ocr_messages(text, prompt="free"):
@@ -73,14 +81,42 @@ class JsonlSource:
         try:
             row = json.loads(self.lines[i])
         except json.JSONDecodeError as e:
-            raise BadSample(f"{where}: invalid JSON ({e})") from e
-        if "messages" in row:
-            images, messages = row.get("images") or [], row["messages"]
-        elif "image" in row and "text" in row:
-            images, messages = [row["image"]], ocr_messages(row["text"], row.get("prompt", "free"))
-        else:
-            raise BadSample(f"{where}: needs 'messages' or 'image' + 'text'")
+            raise BadSample(f"{where}: invalid JSON ({e})", "invalid JSON") from e
+        images, messages = _row_fields(row, where)
         return {"images": [_open_image(s, self.path.parent) for s in images], "messages": messages, "where": where}
+
+
+def _row_fields(row, where):
+    """(image sources, messages) of one manifest row; BadSample for valid JSON of the wrong shape."""
+    def bad(problem):
+        return BadSample(f"{where}: {problem}", "wrong row shape")
+    if not isinstance(row, dict):
+        raise bad(f"a row must be a JSON object, got {type(row).__name__}")
+    if "messages" in row:
+        images, messages = row.get("images") or [], row["messages"]
+        if not isinstance(images, list) or not all(isinstance(s, str) for s in images):
+            raise bad("'images' must be a list of paths")
+    elif "image" in row and "text" in row:
+        if not isinstance(row["image"], str) or not isinstance(row["text"], str):
+            raise bad("'image' and 'text' must be strings")
+        if not isinstance(row.get("prompt", "free"), str):
+            raise bad("'prompt' must be a string")
+        images, messages = [row["image"]], ocr_messages(row["text"], row.get("prompt", "free"))
+    else:
+        raise bad("needs 'messages' or 'image' + 'text'")
+    check_messages(messages, where)
+    return images, messages
+
+
+def check_messages(messages, where):
+    """A list of {"role": str, "content": str} turns, or BadSample naming the turn."""
+    if not isinstance(messages, list):
+        raise BadSample(f"{where}: 'messages' must be a list of turns, got {type(messages).__name__}",
+                        "wrong row shape")
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise BadSample(f"{where}: turn {i} must be an object with string 'role' and 'content'",
+                            "wrong row shape")
 
 
 class HFSource:
@@ -107,10 +143,13 @@ class HFSource:
         row, where = self.ds[i], f"{self.path}[{i}]"
         messages = []
         for turn in row.get("texts") or []:
+            if not isinstance(turn, dict):
+                raise BadSample(f"{where}: a turn of 'texts' must be an object", "wrong row shape")
             messages += [{"role": "user", "content": turn.get("user", "")},
                          {"role": "assistant", "content": turn.get("assistant", "")}]
         images = [_open_image(im, None) for im in row.get("images") or []]
         # FineVision turns don't mark where the image goes: put all images before the first question
+        check_messages(messages, where)
         if images and messages and "<image>" not in messages[0]["content"]:
             messages[0]["content"] = "<image>\n" * len(images) + messages[0]["content"]
         return {"images": images, "messages": messages, "where": where}
@@ -122,7 +161,7 @@ class TextChatSource(JsonlSource):
     def __getitem__(self, i):
         ex = super().__getitem__(i)
         if ex["images"]:
-            raise BadSample(f"{ex['where']}: text chat source has images")
+            raise BadSample(f"{ex['where']}: text chat source has images", "text chat source has images")
         return ex
 
 
@@ -162,7 +201,12 @@ class Mixture:
 
     def __init__(self, sources, weights=None, seed=0):
         self.sources = list(sources)
+        for src in self.sources:
+            if len(src) == 0:
+                raise ValueError(f"{getattr(src, 'path', src)}: no samples (an empty manifest or dataset)")
         w = list(weights or [1.0] * len(self.sources))
+        if len(w) != len(self.sources) or any(not (x >= 0 and math.isfinite(x)) for x in w) or sum(w) <= 0:
+            raise ValueError(f"mixture weights {w}: need one finite weight >= 0 per source, not all zero")
         total = sum(w)
         self.cum = [sum(w[: i + 1]) / total for i in range(len(w))]
         self.seed = seed
@@ -170,8 +214,8 @@ class Mixture:
 
     def locate(self, k):
         rng = _rng(self.seed, k)
-        s = 0 if len(self.sources) == 1 else next(i for i, c in enumerate(self.cum) if rng.random() < c or
-                                                  i == len(self.cum) - 1)
+        # one draw, one bisect: a draw per candidate source would skew every weight after the first
+        s = 0 if len(self.sources) == 1 else min(bisect.bisect_right(self.cum, rng.random()), len(self.cum) - 1)
         src = self.sources[s]
         n = len(src)
         if len(self.sources) == 1:
@@ -211,23 +255,25 @@ class OCRDataset(torch.utils.data.Dataset):
         try:
             return self.render(src[i])
         except BadSample as e:
-            return {"skip": str(e)}
+            return {"skip": str(e), "reason": e.reason}
         except ValueError as e:  # tokenizer: placeholder mismatch, image run cut by truncation, ...
-            return {"skip": f"sample {k}: {e}"}
+            return {"skip": f"sample {k}: {e}", "reason": re.sub(r"\d+", "N", str(e))[:60]}
 
     def render(self, ex):
+        check_messages(ex["messages"], ex.get("where", "?"))
         if not any(m["role"] == "assistant" and m["content"].strip() for m in ex["messages"]):
-            raise BadSample(f"{ex.get('where', '?')}: empty conversation")
+            raise BadSample(f"{ex.get('where', '?')}: empty conversation", "empty conversation")
         counts = [num_image_tokens(im.width, im.height, self.dcfg.mode, self.cfg) for im in ex["images"]]
         ids, mask = self.tok.render_conversation(ex["messages"], counts)
         truncated = len(ids) > self.dcfg.seq_len + 1
         if truncated:
             if sum(counts) + 8 > self.dcfg.seq_len:
                 raise BadSample(f"{ex.get('where', '?')}: {sum(counts)} image tokens exceed seq_len "
-                                f"{self.dcfg.seq_len}")
+                                f"{self.dcfg.seq_len}", "image tokens exceed seq_len")
             ids, mask = ids[: self.dcfg.seq_len + 1], mask[: self.dcfg.seq_len + 1]
             if ids.count(self.tok.image_id) != sum(counts):  # an image in a late turn was cut
-                raise BadSample(f"{ex.get('where', '?')}: truncation to seq_len {self.dcfg.seq_len} cuts an image")
+                raise BadSample(f"{ex.get('where', '?')}: truncation to seq_len {self.dcfg.seq_len} cuts an image",
+                                "truncation cuts an image")
         views = [make_views(im, self.dcfg.mode, self.cfg) for im in ex["images"]]
         item = {"ids": torch.tensor(ids), "mask": torch.tensor(mask, dtype=torch.bool), "views": views,
                 "truncated": truncated}
@@ -275,9 +321,10 @@ def glyph_targets(glyphs, size, mode, cfg, char_id):
 def collate(items):
     """-> dict(inputs (B, T), targets (B, T) with -1 where no loss, views ViewBatch|None, skips, ...)."""
     skips = [it["skip"] for it in items if "skip" in it]
+    reasons = [it.get("reason", it["skip"]) for it in items if "skip" in it]
     items = [it for it in items if "skip" not in it]
     if not items:
-        return {"inputs": None, "skips": skips, "truncated": 0}
+        return {"inputs": None, "skips": skips, "skip_reasons": reasons, "truncated": 0}
     T = max(len(it["ids"]) for it in items) - 1
     inputs = torch.zeros(len(items), T, dtype=torch.long)
     targets = torch.full((len(items), T), -1, dtype=torch.long)
@@ -288,7 +335,7 @@ def collate(items):
         targets[r, :n] = torch.where(mask[1:], ids[1:], -1)
     views = [v for it in items for v in it["views"]]
     batch = {"inputs": inputs, "targets": targets, "views": collate_views(views), "skips": skips,
-             "truncated": sum(it["truncated"] for it in items), "samples": len(items)}
+             "skip_reasons": reasons, "truncated": sum(it["truncated"] for it in items), "samples": len(items)}
     if "glyphs" in items[0]:
         batch["glyphs"] = torch.cat([it["glyphs"] for it in items])  # aligned with the batch's vision tokens
         batch["glyph_cells"] = int((batch["glyphs"] >= 0).sum())
@@ -327,9 +374,9 @@ class SkipLog:
 
     def add(self, batch):
         self.truncated += batch.get("truncated", 0)
-        for s in batch["skips"]:
-            key = s.split(":")[-2].strip() if s.count(":") >= 2 else s
-            self.counts[key[:60]] += 1
+        # counted by kind of problem, not by file or line: the reasons are few, the lines are many
+        for s, reason in zip(batch["skips"], batch.get("skip_reasons", batch["skips"])):
+            self.counts[reason[:60]] += 1
             if len(self.examples) < 5:
                 self.examples.append(s)
 

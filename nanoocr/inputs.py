@@ -9,19 +9,24 @@ Every problem with an input is an InputError whose message names the input and s
 Failures so one bad input never stops the others. Limits guard against hostile files: an image over MAX_PIXELS
 is refused before it is decoded, and a PDF page is rendered at a lower resolution if `dpi` would exceed it.
 PDF pages are rendered one at a time, so a long PDF never holds more than one page image in memory.
+Nothing waits forever or reads without end: a FIFO or device inside a folder is reported and skipped, and
+stdin (or a FIFO given by name) is read up to MAX_STREAM_BYTES.
 """
 
 import io
 import math
 import os
 import re
+import stat
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 50_000_000  # 50 MP: an A4 page at 600 dpi is 35 MP
+MAX_STREAM_BYTES = 256 << 20  # stdin or a pipe: read at most this much (a 600 dpi A4 PNG is ~100 MB)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 PDF_EXTS = (".pdf",)
 # the decoders we accept: fewer decoders, less attack surface (JPEG's also opens cameras' multi-picture JPEGs)
@@ -85,10 +90,13 @@ def load_image(data_or_path, name=None):
         if (len(data_or_path) if is_bytes else os.path.getsize(data_or_path)) == 0:
             raise _error(name, "empty file")
         src = io.BytesIO(data_or_path) if is_bytes else data_or_path
-        with Image.open(src, formats=IMAGE_FORMATS) as im:
-            _check_pixels(name, *im.size)
-            im.load()  # decode now: a truncated file fails here rather than in the model
-            return _to_rgb(name, _upright(im))
+        with warnings.catch_warnings():
+            # PIL warns (with its install path) for 89-179 MP images; as an error it becomes our own message
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(src, formats=IMAGE_FORMATS) as im:
+                _check_pixels(name, *im.size)
+                im.load()  # decode now: a truncated file fails here rather than in the model
+                return to_rgb_page(im, name)
     except InputError:
         raise
     except OSError as e:
@@ -103,6 +111,11 @@ def load_image(data_or_path, name=None):
         raise _error(name, _too_large(int(m.group(1))) if m else f"image too large ({e})") from None
     except Exception as e:  # decoders raise SyntaxError, ValueError, struct.error, ... on bad data
         raise _error(name, f"corrupt or truncated image ({type(e).__name__}: {e})") from None
+
+
+def to_rgb_page(im, name="image"):
+    """An opened PIL image -> RGB the way every page is read: upright per EXIF, transparency on white."""
+    return _to_rgb(name, _upright(im))
 
 
 def _too_large(pixels):
@@ -200,16 +213,40 @@ def _pdf_items(data_or_path, name, dpi, max_pages):
         _close(doc)
 
 
+def _scale(w, h, dpi):
+    scale = dpi / 72
+    if w * h * scale * scale > MAX_PIXELS:  # a poster-sized page: render it smaller, not out of memory
+        scale = math.sqrt(MAX_PIXELS / (w * h))
+    return scale
+
+
+def pdf_page_pixels(data_or_path, name=None, dpi=144, max_pages=None):
+    """Pixels of each page (the first `max_pages`) as it would be rendered at `dpi`, from the page sizes
+    alone: what a PDF will cost in memory, known before any page is rendered."""
+    name = _name(data_or_path, name)
+    doc = _open_pdf(data_or_path, name)
+    out = []
+    try:
+        with _PDFIUM:
+            for i in range(len(doc) if max_pages is None else min(len(doc), max_pages)):
+                try:
+                    w, h = doc.get_page_size(i)
+                except Exception:
+                    w = h = 0  # a broken page fails when rendered, with its own error
+                scale = _scale(w, h, dpi) if w > 0 and h > 0 else 0
+                out.append(int(w * scale) * int(h * scale))
+    finally:
+        _close(doc)
+    return out
+
+
 def _render(doc, index, dpi):
     page = doc[index]
     try:
         w, h = page.get_size()  # points, 1/72 inch
         if not (w > 0 and h > 0):
             raise ValueError(f"page size {w} x {h} points")
-        scale = dpi / 72
-        if w * h * scale * scale > MAX_PIXELS:  # a poster-sized page: render it smaller, not out of memory
-            scale = math.sqrt(MAX_PIXELS / (w * h))
-        bitmap = page.render(scale=scale)
+        bitmap = page.render(scale=_scale(w, h, dpi))
         try:
             # to_pil may share the bitmap's buffer, which close() frees: copy it out first
             return bitmap.to_pil().convert("RGB").copy()
@@ -249,9 +286,37 @@ def _folder_files(folder):
     return sorted(found)
 
 
+def _folder_items(folder, dpi, max_pages):
+    for path in _folder_files(folder):
+        if _regular(path):
+            yield from _read_one(path, path, dpi, max_pages)
+        else:  # opening a FIFO blocks until something writes to it: never in a folder walk
+            yield Failure(path, "not a regular file (a FIFO, socket or device); skipped")
+
+
+def _regular(path):
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # let the read report the error
+
+
+def read_stream(f, source, limit=None):
+    """All bytes of a stream (stdin, a pipe), at most `limit` (default MAX_STREAM_BYTES): InputError past it."""
+    limit = MAX_STREAM_BYTES if limit is None else limit
+    data = f.read(limit + 1)
+    if len(data) > limit:
+        raise _error(source, f"more than {limit / (1 << 20):g} MB; save it to a file and pass the file")
+    return data
+
+
 def _read_one(data_or_path, source, dpi, max_pages):
     """Pages and Failures of one image or PDF, given as bytes or as a file path."""
     try:
+        if not isinstance(data_or_path, bytes) and not _regular(data_or_path):
+            # a FIFO (e.g. <(cmd)) or a device: read it once, with a bound, as stdin is read
+            with open(data_or_path, "rb") as f:
+                data_or_path = read_stream(f, source)
         if isinstance(data_or_path, bytes):
             head = data_or_path[:1024]
         else:
@@ -282,10 +347,14 @@ def iter_pages(inputs, dpi=144, max_pages=None, stdin=None):
                 yield Failure(STDIN_SOURCE, "stdin was already read" if stdin_read else "no stdin to read")
                 continue
             stdin_read = True
-            yield from _read_one(stdin.read(), STDIN_SOURCE, dpi, max_pages)
+            try:
+                data = read_stream(stdin, STDIN_SOURCE)
+            except InputError as e:
+                yield Failure(STDIN_SOURCE, e.problem)
+                continue
+            yield from _read_one(data, STDIN_SOURCE, dpi, max_pages)
         elif os.path.isdir(item):
-            for path in _folder_files(item):
-                yield from _read_one(path, path, dpi, max_pages)
+            yield from _folder_items(item, dpi, max_pages)
         elif not os.path.exists(item):
             yield Failure(item, "no such file or folder")
         else:

@@ -7,10 +7,16 @@
 Pages from all inputs are read --batch-size at a time (one batched generation each), so a folder of
 single images batches as well as a long PDF, and at most one batch of page images is in memory.
 A bad input is reported on stderr and skipped: the others are still written, and the exit code is 1.
+--out is checked (opened) before the model loads. Every output file is written as a temp file next to it
+and renamed into place when complete, so an input is never cut short by its own output, and a failure to
+write or finish one (a full disk) is one more reported failure, not a traceback.
 """
 
+import contextlib
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,9 +56,36 @@ def boxes_json(blocks, width, height):
 # where results go
 
 
+def _temp_next_to(path):
+    """An open temp file in `path`'s folder; renamed over `path` when done, so an input that is also the
+    output is read whole before it is replaced, and a crash leaves the old file, not half a new one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; outputs are ordinary files
+    return os.fdopen(fd, "w", encoding="utf-8"), Path(tmp)
+
+
+def _finish(f, tmp, path):
+    try:
+        f.close()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 class JsonlSink:
     def __init__(self, path=None):
-        self.f = open(path, "w", encoding="utf-8") if path else sys.stdout
+        self.path = Path(path) if path else None
+        if path is None:
+            self.f, self.tmp = sys.stdout, None
+        elif self.path.exists() and not self.path.is_file():  # /dev/stdout, a FIFO: written to as it is
+            self.f, self.tmp = open(self.path, "w", encoding="utf-8"), None
+        else:
+            self.f, self.tmp = _temp_next_to(self.path)
+
+    def begin(self, source):
+        pass  # one file for all inputs
 
     def add(self, page, result):
         blocks, _ = parse_grounded(result.text)
@@ -62,18 +95,31 @@ class JsonlSink:
         self.f.flush()  # a consumer downstream of a pipe sees each page as it is done
 
     def close(self):
-        if self.f is not sys.stdout:
+        if self.tmp is not None:
+            self.tmp, tmp = None, self.tmp
+            _finish(self.f, tmp, self.path)
+        elif self.f is not sys.stdout:
             self.f.close()
+
+    def discard(self):
+        """Nothing was read: leave --out as it was."""
+        if self.tmp is not None:
+            self.f.close()
+            self.tmp.unlink()
+            self.tmp = None
 
 
 class FileSink:
     """One <stem>.md / <stem>.txt per input. iter_pages yields an input's pages together and in order, so
-    each file is appended to as its pages come and closed when the next input starts."""
+    each file is appended to as its pages come and closed (renamed into place) when the next input starts."""
 
     def __init__(self, out_dir, fmt):
         self.dir, self.fmt = Path(out_dir), fmt
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.stems, self.source, self.f, self.n = set(), None, None, 0
+        f, tmp = _temp_next_to(self.dir / "probe")  # an unwritable folder fails now, before the model loads
+        f.close()
+        tmp.unlink()
+        self.stems, self.source, self.f, self.n, self.error = set(), None, None, 0, None
 
     def _stem(self, source):
         # two inputs named page.png in different folders must not overwrite each other
@@ -85,11 +131,24 @@ class FileSink:
         self.stems.add(stem)
         return stem
 
-    def add(self, page, result):
-        if page.source != self.source:
+    def begin(self, source):
+        """Finish the previous input's file and start `source`'s. OSError if finishing fails (that file is
+        lost, this one is still started); a failure to open is raised by each add for this input."""
+        if source == self.source:
+            return
+        try:
             self.close()
-            self.source, self.stem, self.n = page.source, self._stem(page.source), 0
-            self.f = open(self.dir / f"{self.stem}.{self.fmt}", "w", encoding="utf-8")
+        finally:
+            self.source, self.stem, self.n, self.error = source, self._stem(source), 0, None
+            try:
+                self.f, self.tmp = _temp_next_to(self.dir / f"{self.stem}.{self.fmt}")
+            except OSError as e:
+                self.error = e
+
+    def add(self, page, result):
+        self.begin(page.source)
+        if self.error is not None:  # every page of this input fails with the reason; the next input tries again
+            raise OSError(f"cannot open an output file in {self.dir}: {self.error}")
         if self.fmt == "md":
             text = f"<!-- page {page.page} -->\n\n" + self.markdown(page, result)
         else:
@@ -113,9 +172,14 @@ class FileSink:
 
     def close(self):
         if self.f is not None:
-            self.f.write("\n")
-            self.f.close()
-            self.f = None
+            f, self.f = self.f, None
+            try:
+                f.write("\n")
+            finally:
+                _finish(f, self.tmp, self.dir / f"{self.stem}.{self.fmt}")
+
+    def discard(self):
+        pass  # nothing is open before the first page
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,6 +187,16 @@ class FileSink:
 
 def fail(message):
     tqdm.write(f"error: {message}", file=sys.stderr)
+
+
+def close(sink):
+    """Close `sink`; a failure (a full disk) is reported and counted, not raised. Returns the failures."""
+    try:
+        sink.close()
+        return 0
+    except OSError as e:
+        fail(f"writing the output: {e}")
+        return 1
 
 
 def run(reader, sink, pages, args):
@@ -142,6 +216,11 @@ def run(reader, sink, pages, args):
             failed += len(batch)
             results = []
         for p, r in zip(batch, results):
+            try:
+                sink.begin(p.source)
+            except OSError as e:  # the previous input's file could not be finished: one more failure
+                fail(f"writing the output: {e}")
+                failed += 1
             try:
                 sink.add(p, r)
             except (OSError, ValueError) as e:  # a full disk, an odd box: this page fails, not the run
@@ -179,24 +258,41 @@ def main(args):
         prompt_text(args.prompt, args.ref)  # a bad prompt fails here, not once per batch
     except ValueError as e:
         return usage_error(str(e))
-    if args.batch_size < 1:
-        return usage_error("--batch-size must be at least 1")
+    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
+                        ("--dpi", args.dpi), ("--max-pages", args.max_pages)):
+        if value is not None and value < 1:  # 0 would read nothing and still report success
+            return usage_error(f"{flag} must be at least 1, got {value}")
     if args.format == "jsonl" and args.out and Path(args.out).is_dir():
         return usage_error(f"--out {args.out} is a folder; --format jsonl writes one file")
+    if args.format == "jsonl" and args.out and any(_same_file(args.out, i) for i in args.inputs):
+        return usage_error(f"--out {args.out} is one of the inputs; writing there would replace it")
+    # the output is opened before the model loads: a bad --out costs a second, not a model load
+    try:
+        sink = JsonlSink(args.out) if args.format == "jsonl" else FileSink(args.out or ".", args.format)
+    except OSError as e:
+        return usage_error(f"cannot write --out {args.out or '.'}: {e}")
     try:
         reader = Reader.from_dir(args.model, device=args.device, mode=args.mode, max_new_tokens=args.max_new_tokens)
     except (OSError, ValueError, RuntimeError) as e:  # missing folder/files, corrupt checkpoint, no CUDA
+        sink.discard()
         return usage_error(f"cannot load the model: {e}")
 
-    sink = JsonlSink(args.out) if args.format == "jsonl" else FileSink(args.out or ".", args.format)
     stdin = sys.stdin.buffer if "-" in args.inputs else None
     t0 = time.time()
     try:
         pages = iter_pages(args.inputs, dpi=args.dpi, max_pages=args.max_pages, stdin=stdin)
         done, failed, tokens = run(reader, sink, pages, args)
     finally:
-        sink.close()
+        failed_close = close(sink)
+    failed += failed_close
     dt = max(time.time() - t0, 1e-9)
     print(f"pages {done} (failed {failed}), tokens {tokens}, {done / dt:.2f} pages/s, {tokens / dt:.1f} tokens/s",
           file=sys.stderr)
     return 1 if failed else 0
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either does not exist (yet)
+        return False

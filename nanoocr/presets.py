@@ -5,7 +5,14 @@ neck, two stride-2 convs, a CLIP trunk fed by the SAM map, a linear projector, a
 """
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field, fields
+
+# Upper bounds that catch typos and hostile configs before they become a 40 GB allocation; far above any
+# real model. An int field is at least 1 (at least 0 where its default is 0: an "off" switch).
+INT_CAP = 1 << 16
+INT_CAPS = {"vocab_size": 1 << 21, "sequence_len": 1 << 17}
+MAX_VIEW = 4096  # px, the side of the largest view (sizes)
 
 
 @dataclass
@@ -90,7 +97,16 @@ class OCRConfig:
         return cfg
 
     def validate(self):
+        for part in ("sam", "clip", "gpt"):
+            _check_fields(getattr(self, part), f"config.{part}")
+        _check_fields(self, "config", skip=("sam", "clip", "gpt", "sizes"))
         s, c, g = self.sam, self.clip, self.gpt
+        if not isinstance(self.sizes, dict):
+            raise ValueError(f"config.sizes must be an object, got {type(self.sizes).__name__}")
+        for mode, side in self.sizes.items():
+            if not _is_int(side) or not s.patch_size <= side <= MAX_VIEW or side % s.patch_size:
+                raise ValueError(f"config.sizes.{mode}: {side!r}; need a multiple of sam.patch_size "
+                                 f"({s.patch_size}) up to {MAX_VIEW}")
         if s.out_dim != c.dim:
             raise ValueError(f"config: sam.out_dim ({s.out_dim}) must equal clip.dim ({c.dim})")
         if s.dim % s.heads or c.dim % c.heads or g.n_embd % g.n_head:
@@ -116,7 +132,42 @@ class OCRConfig:
             raise ValueError(f"config: sizes must name tiny, small, base, large; got {sorted(self.sizes)}")
         if not 1 <= self.min_crops <= self.max_crops <= 9:
             raise ValueError("config: need 1 <= min_crops <= max_crops <= 9")
+        side = max(self.sizes.values())
+        tokens = math.ceil(side // s.patch_size / 4) ** 2  # the largest view's vision tokens (image.grid_side)
+        if tokens >= g.sequence_len:
+            raise ValueError(f"config.sizes: a {side} px view is {tokens} vision tokens, which do not fit in "
+                             f"gpt.sequence_len {g.sequence_len}: every page would fail")
         return self
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_fields(obj, where, skip=()):
+    """Type and range of every field of a config dataclass, by its declared type, so new fields are covered
+    too: ints in [1 (or 0 when the default is 0), cap], finite floats >= 0, bools, strings, tuples of ints."""
+    for f in fields(obj):
+        if f.name in skip:
+            continue
+        v, name = getattr(obj, f.name), f"{where}.{f.name}"
+        if f.type is bool:
+            ok, want = isinstance(v, bool), "true or false"
+        elif f.type is int:
+            lo, hi = (0 if f.default == 0 else 1), INT_CAPS.get(f.name, INT_CAP)
+            ok, want = _is_int(v) and lo <= v <= hi, f"an integer from {lo} to {hi}"
+        elif f.type is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            ok, want = ok and (v > 0 or f.default == 0), "a finite number > 0" if f.default != 0 else ">= 0"
+        elif f.type is str:
+            ok, want = isinstance(v, str), "a string"
+        elif f.type is tuple:
+            ok = isinstance(v, (tuple, list)) and all(_is_int(x) and 0 <= x <= INT_CAP for x in v)
+            want = "a list of integers >= 0"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{name}: {v!r} is not {want}")
 
 
 def _deepseek_d20():

@@ -14,6 +14,7 @@ PROMPTS = {
 }
 # names used by the synthetic generator -> prompt keys
 ALIASES = {"layout": "markdown", "plain": "free", "text": "free"}
+MAX_PROMPT_CHARS = 4000  # a prompt is an instruction, not a document; far longer ones only fill the context
 
 
 def prompt_text(name_or_text, ref=None):
@@ -23,9 +24,17 @@ def prompt_text(name_or_text, ref=None):
         if key == "locate":
             if not ref:
                 raise ValueError("the 'locate' prompt needs the text to find (--ref)")
-            return PROMPTS[key].format(ref=ref)
+            return _checked(PROMPTS[key].format(ref=ref))
         return PROMPTS[key]
     text = name_or_text.strip()
     if not text:
         raise ValueError("empty prompt")
-    return text if "<image>" in text else "<image>\n" + text
+    return _checked(text if "<image>" in text else "<image>\n" + text)
+
+
+def _checked(text):
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(f"prompt of {len(text):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
+    if text.count("<image>") != 1:  # one page per prompt: a second placeholder has no image to fill it
+        raise ValueError(f"a prompt holds one <image> (where the page goes); this one has {text.count('<image>')}")
+    return text

@@ -32,6 +32,12 @@ def pick_device(device="auto"):
     return device
 
 
+def unused_rows(tokenizer, vocab_rows):
+    """Decoder rows that are no token of `tokenizer` (vocab padding, rows reserved for tokens it lacks):
+    greedy decoding must never pick one, as there is nothing to decode it to."""
+    return list(range(tokenizer.vocab_size, vocab_rows))
+
+
 class Reader:
     def __init__(self, model, tokenizer, device="auto", mode="base", max_new_tokens=512, ngram_size=NGRAM_SIZE):
         self.device = pick_device(device)
@@ -44,6 +50,7 @@ class Reader:
         self.stop = [tokenizer.special_id("<|assistant_end|>"), tokenizer.bos_id]
         ids = {i for t in TABLE_TOKENS for i in tokenizer.encode(t) if len(tokenizer.encode(t)) == 1}
         self.whitelist = sorted(ids)
+        self.banned = [tokenizer.image_id] + unused_rows(tokenizer, self.model.config.gpt.vocab_size)
 
     @classmethod
     def from_dir(cls, model_dir, device="auto", **kw):
@@ -68,6 +75,6 @@ class Reader:
         out = self.engine.generate(
             prompts, views, max_new_tokens=max_new_tokens or self.max_new_tokens, stop_ids=self.stop,
             temperature=temperature, ngram_size=self.ngram_size, ngram_window=NGRAM_WINDOW,
-            ngram_whitelist=self.whitelist, banned_ids=[self.tok.image_id], stream=stream)
+            ngram_whitelist=self.whitelist, banned_ids=self.banned, stream=stream)
         dt = (time.time() - t0) / max(1, len(images))
         return [Result(self.tok.decode(ids), len(ids), dt) for ids in out]

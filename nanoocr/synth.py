@@ -751,6 +751,9 @@ def generate(index: int, cfg: SynthConfig, split: str = "train") -> Sample:
             continue
         if text_split in ("train", "random") or _fresh(text):
             break
+    else:  # held-out text that overlaps training text would make the held-out scores a lie
+        raise ValueError(f"synth {split} sample {index}: no draw of 20 had text fresh from the training text "
+                         f"(every one shares a line of {MIN_FRESH}+ characters with it)")
     x1, y1, x2, y2 = union(ctx.doc.extents)
     x1, y1 = math.floor(x1), math.floor(y1)
     cw, ch = math.ceil(x2) - x1, math.ceil(y2) - y1

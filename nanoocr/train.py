@@ -163,14 +163,47 @@ def collapse_stats(model, views):
 
 # ----------------------------------------------------------------------------- logs
 
+def read_rows(path):
+    """The JSON-object lines of a .jsonl log; a malformed one (half a line from a kill) is skipped."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def lock_out_dir(out):
+    """An exclusive lock on {out}/.lock for this process's life: two runs writing one --out folder would
+    interleave checkpoints and logs and both crash. Raises naming the holder."""
+    import fcntl
+    f = open(Path(out) / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RuntimeError(f"{out}: another training run ({holder}) is using this --out folder; wait for it "
+                           f"to finish or choose another --out") from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    return f  # the lock lasts while this file stays open
+
+
 class MetricsLog:
     """metrics.jsonl (master rank only), mirrored to wandb when a run name is given."""
 
     def __init__(self, path, resume_step=None, run=None, config=None):
         kept = []
         if resume_step is not None and Path(path).exists():  # drop what was logged after the checkpoint
-            rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-            kept = [r for r in rows if r.get("step", 0) <= resume_step and r.get("kind") != "summary"]
+            rows = read_rows(path)
+            kept = [r for r in rows if isinstance(r.get("step", 0), int) and r.get("step", 0) <= resume_step
+                    and r.get("kind") != "summary"]
         self.f = open(path, "w")
         for r in kept:
             self.f.write(json.dumps(r) + "\n")
@@ -266,9 +299,12 @@ def plot_losses(log_path, png_path, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    tr = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
-    va = [(r["step"], r["val_loss"]) for r in rows if r.get("kind") == "eval"]
+    rows = read_rows(log_path)
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    tr = [(r["step"], r["loss"]) for r in rows
+          if r.get("kind") == "train" and num(r.get("step")) and num(r.get("loss"))]
+    va = [(r["step"], r["val_loss"]) for r in rows
+          if r.get("kind") == "eval" and num(r.get("step")) and num(r.get("val_loss"))]
     fig, ax = plt.subplots(figsize=(7, 4))
     if tr:
         ax.plot(*zip(*tr), label="train", lw=1)
@@ -292,6 +328,7 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
 
     out = Path(tc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    lock = lock_out_dir(out) if d.master else None
     device = d.device
     torch.manual_seed(tc.seed + d.rank)
     accum = 1
@@ -415,6 +452,8 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
                                "Freeze more of the encoder, lower the lr, or use more varied data.")
             model.train()
         if step % tc.save_every == 0 or last:
+            if log:
+                log.flush()  # the rows up to this step reach the disk before the checkpoint that claims them
             rng = ck.rng_state()
             if d.ddp:
                 gathered = [None] * d.world
@@ -437,6 +476,7 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
         log.write({"kind": "summary", **summary})
         log.close()
         plot_losses(log_path, out / "loss.png", tc.extra.get("phase", "training"))
+        lock.close()
         if summary["skips"]["skipped"] or summary["skips"]["truncated"]:
             print(f"data: skipped {summary['skips']['skipped']} bad samples {summary['skips']['by_reason']}, "
                   f"truncated {summary['skips']['truncated']}")

@@ -130,7 +130,18 @@ def _torch_load(path):
             return torch.load(path, map_location="cpu", weights_only=True)  # old non-zip format
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable torch state dict (truncated, corrupt, or holding more "
-                              f"than tensors?): {type(e).__name__}: {e}") from None
+                              f"than tensors?): {_torch_error(e)}") from None
+
+
+def _torch_error(e):
+    """torch's error without its advice to re-run with weights_only=False: that would run the file's
+    pickled code, which this project never does. What is left is the reason (e.g. the refused global)."""
+    text = str(e)
+    if "weights_only" not in text:
+        return f"{type(e).__name__}: {text}"
+    m = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    return "it holds objects other than tensors, and loading those would run code from the file" + \
+        (f" ({m.group(1).split('. ')[0].strip()})" if m else "")  # the reason, not the allowlisting advice
 
 
 def _read_hf_weights(folder):
@@ -551,7 +562,7 @@ def import_weights(out, preset="deepseek-d20", sam=None, clip=None, nanochat=Non
         else:
             cfg.gpt.vocab_size = nc.vocab_size + RESERVED_SPECIAL_TOKENS
             notes.append(f"no tokenizer: reserved {RESERVED_SPECIAL_TOKENS} rows after nanochat's "
-                         f"{nc.vocab_size} for our special tokens; image_token_id unset (pass a tokenizer)")
+                         f"{nc.vocab_size} tokens for our special tokens; image_token_id unset (pass a tokenizer)")
     elif tok is not None:
         cfg.gpt.vocab_size = tok.vocab_size
     else:
@@ -606,8 +617,8 @@ def add_args(parser):
     parser.add_argument("--out", required=True, help="model folder to write (config.json, model.safetensors)")
     parser.add_argument("--preset", default="deepseek-d20", help="model size: deepseek-d20, deepseek-d20-2026, cpu "
                         "or tiny (a nanochat checkpoint sets the decoder's format and sizes)")
-    parser.add_argument("--sam", help="transformers SAM folder (e.g. facebook/sam-vit-base) or HF repo id")
-    parser.add_argument("--clip", help="transformers CLIP folder (openai/clip-vit-large-patch14) or repo id")
+    parser.add_argument("--sam", help="transformers SAM folder, or hf:facebook/sam-vit-base to fetch it")
+    parser.add_argument("--clip", help="transformers CLIP folder, or hf:openai/clip-vit-large-patch14")
     parser.add_argument("--nanochat", help="nanochat checkpoint folder (model_NNNNNN.pt + meta_NNNNNN.json)")
     parser.add_argument("--deepseek-ocr", help="DeepSeek-OCR release folder: DeepEncoder + projector only")
     parser.add_argument("--tokenizer", help="tokenizer folder (our tokenizer.json, nanochat's tokenizer.pkl)")

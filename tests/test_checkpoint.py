@@ -3,6 +3,7 @@ and every bad input is an error that names the file, the key and the shapes."""
 
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -137,10 +138,10 @@ def test_model_bad_inputs(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"nowhere: no such folder; expected a model folder with"):
         ck.load_model(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=r"Pass a local folder"):
-        ck.load_model("someorg/somemodel")  # a repo id, and the hub is offline
+        ck.load_model("hf:someorg/somemodel")  # a repo id, and the hub is offline
     monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)
     with pytest.raises(FileNotFoundError, match=r"huggingface_hub is not installed.*Pass a local folder"):
-        ck.load_model("someorg/somemodel")
+        ck.load_model("hf:someorg/somemodel")
 
 
 def test_model_roundtrip_with_tokenizer(tmp_path):
@@ -165,15 +166,15 @@ def test_repo_id_goes_through_huggingface_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the download itself is faked below
     calls = []
     monkeypatch.setattr(hub, "snapshot_download", lambda repo, **kw: calls.append(repo) or str(d))
-    assert ck.load_model("someorg/mymodel")[0].image_token_id == IMG and calls == ["someorg/mymodel"]
+    assert ck.load_model("hf:someorg/mymodel")[0].image_token_id == IMG and calls == ["someorg/mymodel"]
 
     def fail(repo, **kw):
         raise ConnectionError("no route to host")
 
     monkeypatch.setattr(hub, "snapshot_download", fail)
-    with pytest.raises(FileNotFoundError, match=r"someorg/mymodel: no such local model folder.*no route to "
+    with pytest.raises(FileNotFoundError, match=r"hf:someorg/mymodel: fetching the model folder.*no route to "
                                                 r"host.*Pass a local folder"):
-        ck.load_model("someorg/mymodel")
+        ck.load_model("hf:someorg/mymodel")
 
 
 def test_model_tokenizer_plumbing(tmp_path, stand_in_tokenizer):
@@ -297,6 +298,9 @@ def test_training_state_crash_prune_and_errors(tmp_path, monkeypatch):
         ck.save_training_state(root, 6, m, opt, {"bad": object()})
     assert ck.load_training_state(root, m)[0] == 5
     (root / "latest.json").write_text(json.dumps({"step": 9, "dir": "step_000009"}))
+    assert ck.load_training_state(root, m)[0] == 5  # a dangling pointer: the newest complete step folder
+    for d in root.glob("step_*"):
+        shutil.rmtree(d)
     with pytest.raises(CheckpointError, match="latest.json: points at 'step_000009'"):
         ck.load_training_state(root, m)
     assert not ck.has_training_state(root) and not ck.has_training_state(tmp_path / "none")

@@ -171,7 +171,9 @@ def test_hf_sam_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
         W.load_hf_sam(ours, tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="Pass a local folder"):
-        W.load_hf_sam(ours, "facebook/sam-vit-base")  # looks like a repo id; offline
+        W.load_hf_sam(ours, "hf:facebook/sam-vit-base")  # a repo id; offline
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        W.load_hf_sam(ours, "facebook/sam-vit-base")  # only the hf: form is a repo id
 
 
 def test_hf_clip_wrong_width(tmp_path):
