@@ -281,6 +281,8 @@ class OCRDataset(torch.utils.data.Dataset):
             known = ex.get("glyphs") is not None and len(ex["images"]) == 1 and self.dcfg.mode != "gundam"
             item["glyphs"] = (glyph_targets(ex["glyphs"], ex["images"][0].size, self.dcfg.mode, self.cfg,
                                             self._char_id) if known else torch.full((sum(counts),), -1))
+            item["cells"] = (token_cells(ids, mask, ex["glyphs"], ex["images"][0].size, self) if known
+                             else torch.full((len(ids),), -1))
         return item
 
     def _char_id(self, c):
@@ -288,6 +290,29 @@ class OCRDataset(torch.utils.data.Dataset):
         if ids is None:
             ids = self._char_ids[c] = self.tok.encode(c)
         return ids[0] if len(ids) == 1 else -1
+
+
+def token_cells(ids, mask, glyphs, size, ds):
+    """(len(ids),) for the alignment loss: at each answer token, the sequence position of the vision token whose
+    cell holds the centre of the character the token spells (its first non-space character), -1 elsewhere.
+    The generator lists glyphs in text order without spaces, so the k-th drawn character is the k-th glyph."""
+    cfg, mode = ds.cfg, ds.dcfg.mode
+    g = grid_side(cfg.sizes[mode], cfg.sam.patch_size)
+    cell = 4 * cfg.sam.patch_size
+    sx, sy, ox, oy = view_geometry(*size, mode, cfg)
+    first = ids.index(ds.tok.image_id)
+    out = np.full(len(ids), -1, dtype=np.int64)
+    k = 0
+    for p in (i for i, m in enumerate(mask) if m):
+        piece = ds.tok.decode([ids[p]])
+        chars = [c for c in piece if not c.isspace()]
+        if chars and k < len(glyphs):
+            _, x, y = glyphs[k]
+            col, row = math.floor((x * sx + ox) / cell), math.floor((y * sy + oy) / cell)
+            if 0 <= col < g and 0 <= row < g:
+                out[p] = first + row * (g + 1) + col  # the layout puts a newline token after each row
+        k += len(chars)
+    return torch.from_numpy(out)
 
 
 def glyph_targets(glyphs, size, mode, cfg, char_id):
@@ -339,6 +364,12 @@ def collate(items):
     if "glyphs" in items[0]:
         batch["glyphs"] = torch.cat([it["glyphs"] for it in items])  # aligned with the batch's vision tokens
         batch["glyph_cells"] = int((batch["glyphs"] >= 0).sum())
+        cells = torch.full((len(items), T + 1), -1, dtype=torch.long)
+        for r, it in enumerate(items):
+            n = min(len(it["cells"]), T + 1)
+            cells[r, :n] = it["cells"][:n]
+        batch["align"] = torch.stack([cells[:, :-1], cells[:, 1:]])  # (2, B, T): input's char, next char
+        batch["align_keys"] = int((batch["align"] >= 0).sum())
     return batch
 
 

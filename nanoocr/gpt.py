@@ -99,7 +99,7 @@ class CausalSelfAttention(nn.Module):
         if cfg.version >= 2026 and has_value_embeds(layer_idx, cfg.n_layer):
             self.ve_gate = nn.Linear(VE_GATE_CHANNELS, cfg.n_kv_head, bias=False)
 
-    def forward(self, x, ve, cos_sin, kv_cache, mask):
+    def forward(self, x, ve, cos_sin, kv_cache, mask, align=None):
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -121,6 +121,7 @@ class CausalSelfAttention(nn.Module):
             else:
                 rep = self.n_head // self.n_kv_head
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        aux = None if align is None else attention_nll(q[:, 0], k[:, 0], mask, align)
         if mask is None:
             # no padding: plain causal when queries and keys start together; a single new
             # token (or a chunk at the end of the cache) otherwise sees everything before it
@@ -128,7 +129,21 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1, **kw)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kw)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+        y = self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+        return y if align is None else (y, aux)
+
+
+def attention_nll(q, k, mask, target):
+    """Summed -log attention weight of one head on the target key of each query: q, k (B, T, d), target (B, T)
+    key positions, -1 = none. The same logits SDPA computes (its scale, the causal or given mask)."""
+    logits = (q.float() @ k.float().transpose(1, 2)) * q.shape[-1] ** -0.5  # (B, T, S)
+    if mask is None:
+        T, S = logits.shape[1:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    logits = logits.masked_fill(~mask.reshape(-1, *logits.shape[1:]) if mask.dim() > 2 else ~mask, float("-inf"))
+    logp = logits.log_softmax(-1)
+    ok = target >= 0
+    return -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0][ok].sum()
 
 
 class MLP(nn.Module):
@@ -147,9 +162,14 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg, layer_idx)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, ve, cos_sin, kv_cache, mask):
-        x = x + self.attn(norm(x), ve, cos_sin, kv_cache, mask)
-        return x + self.mlp(norm(x))
+    def forward(self, x, ve, cos_sin, kv_cache, mask, align=None):
+        y = self.attn(norm(x), ve, cos_sin, kv_cache, mask, align)
+        aux = None
+        if align is not None:
+            y, aux = y
+        x = x + y
+        x = x + self.mlp(norm(x))
+        return x if align is None else (x, aux)
 
 
 class GPT(nn.Module):
@@ -295,10 +315,13 @@ class GPT(nn.Module):
             return q_pos[None], q_pos[None] >= 0, masks
         return (q_pos[None] - pad[:, None]).clamp_(min=0), q_pos[None] >= pad[:, None], masks
 
-    def forward(self, idx=None, targets=None, *, embeds=None, kv_cache=None, loss_reduction="mean"):
+    def forward(self, idx=None, targets=None, *, embeds=None, kv_cache=None, loss_reduction="mean", align=None):
         """idx (B, T) token ids, or `embeds` (B, T, C) ready-made input embeddings; the 2026 format needs
         idx beside embeds (-1 where a position holds no token, e.g. a vision token).
-        Returns logits (B, T, vocab_size) in fp32, or the loss when targets (-1 = ignore) are given."""
+        Returns logits (B, T, vocab_size) in fp32, or the loss when targets (-1 = ignore) are given.
+        align: key positions (L', B, T), -1 = none: head 0 of layer i < L' is also scored on attending there;
+        then returns (out, summed -log attention weight)."""
+        align_nll = 0.0
         x = self.transformer.wte(idx) if embeds is None else embeds
         B, T, _ = x.shape
         pos, live, masks = self._layout(T, kv_cache, x.device)
@@ -317,7 +340,11 @@ class GPT(nn.Module):
                 x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
                 if str(i) in self.value_embeds:  # zero where no token: v comes from the input alone
                     ve = self.value_embeds[str(i)](ve_idx) * tok[..., None]
-            x = block(x, ve, (cos, sin), kv_cache, masks[self.windows[i]])
+            if align is not None and i < len(align):
+                x, nll = block(x, ve, (cos, sin), kv_cache, masks[self.windows[i]], align[i])
+                align_nll = align_nll + nll
+            else:
+                x = block(x, ve, (cos, sin), kv_cache, masks[self.windows[i]])
             if v26 and i == back_at:
                 x_back = x
         if kv_cache is not None:
@@ -325,9 +352,8 @@ class GPT(nn.Module):
         if v26:  # backout: remove the mid-layer residual's low-level features before the head
             x = x - self.backout_lambda * x_back
         x = norm(x)
-        if targets is not None:
-            return self.loss(x, targets, loss_reduction)
-        return self.logits(x)
+        out = self.loss(x, targets, loss_reduction) if targets is not None else self.logits(x)
+        return out if align is None else (out, align_nll)
 
     def _smear(self, x, tok, kv_cache):
         """2026: x_t += lambda * sigmoid(gate(x_t[:24])) * x_{t-1}, only between two token positions."""

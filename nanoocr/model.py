@@ -148,16 +148,25 @@ class NanoDeepseekOCR(nn.Module):
             return idx
         return idx.masked_fill(idx == self.image_token_id, -1)
 
-    def forward(self, idx, targets=None, views=None, kv_cache=None, loss_reduction="mean", glyphs=None):
+    def forward(self, idx, targets=None, views=None, kv_cache=None, loss_reduction="mean", glyphs=None,
+                align=None):
         """idx (B, T); views: a ViewBatch for the images of all rows in order (None for text-only).
-        glyphs (n_vision_tokens,), -1 = none: also return the dense reading loss, (loss, glyph_loss)."""
+        Training aids from synthetic data, each -1 where unknown; with either, returns (out, {name: summed loss}):
+          glyphs (n_vision_tokens,): the character in each vision token's cell (glyph_loss);
+          align (2, B, T): the sequence position of the vision token holding the character each position
+            reads (row 0: its input character, row 1: the one it predicts), for head 0 of layers 0 and 1."""
         vision = self.encode_images(views) if views is not None else None
         embeds = self.embed(idx, vision)
         out = self.gpt(self.decoder_ids(idx, vision), targets, embeds=embeds, kv_cache=kv_cache,
-                       loss_reduction=loss_reduction)
-        if glyphs is None:
+                       loss_reduction=loss_reduction, align=align)
+        if glyphs is None and align is None:
             return out
-        return out, self.glyph_loss(vision, glyphs, loss_reduction)
+        aux = {}
+        if align is not None:
+            out, aux["align"] = out
+        if glyphs is not None:
+            aux["glyph"] = self.glyph_loss(vision, glyphs, loss_reduction)
+        return out, aux
 
     def glyph_loss(self, vision, glyphs, reduction="sum"):
         """Each vision token, read through the decoder's own head, must name the character drawn in its

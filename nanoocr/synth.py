@@ -258,6 +258,7 @@ class SynthConfig:
     fonts: str = "auto"  # "auto" = the split's fonts; "train"/"heldout" force one set; or "a.ttf,b.ttf" (ablations)
     text: str = "auto"  # same for the text corpus; "random" = random character strings (no language to guess from)
     random_chars: str = RANDOM_CHARS  # the alphabet of text="random"
+    random_text: float = 0.0  # share of samples drawn as random characters anyway (forces reading; 0 = none)
 
     def with_overrides(self, assignments):
         """A copy with "field=value" strings applied; tuples are comma lists ("line_chars=3,12")."""
@@ -741,7 +742,9 @@ def generate(index: int, cfg: SynthConfig, split: str = "train") -> Sample:
         # str seeds are hashed with sha512: the same sample in every process and on every run
         rng = random.Random(f"{cfg.seed}:{split}:{index}" + (f":{attempt}" if attempt else ""))
         kind = rng.choices(list(cfg.kinds), weights=list(cfg.kinds.values()))[0]
-        words = random_words(rng, cfg.random_chars) if text_split == "random" else corpus()[text_split].words
+        # only drawn when asked for, so samples without it stay byte-identical
+        rand = text_split == "random" or (cfg.random_text > 0 and rng.random() < cfg.random_text)
+        words = random_words(rng, cfg.random_chars) if rand else corpus()[text_split].words
         ctx = _Ctx(rng, cfg, words, fonts)
         try:
             text, prompt, block = _KINDS[kind](ctx)
@@ -749,7 +752,7 @@ def generate(index: int, cfg: SynthConfig, split: str = "train") -> Sample:
             if attempt == 19:
                 raise NoFit(f"synth {kind!r} sample {index}: {e}") from None
             continue
-        if text_split in ("train", "random") or _fresh(text):
+        if text_split in ("train", "random") or rand or _fresh(text):
             break
     else:  # held-out text that overlaps training text would make the held-out scores a lie
         raise ValueError(f"synth {split} sample {index}: no draw of 20 had text fresh from the training text "

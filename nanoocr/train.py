@@ -120,6 +120,7 @@ class TrainConfig:
     lr: float = 1e-3
     vision_lr_mult: float = 1.0  # SAM, compressor and CLIP train at lr * this
     glyph_weight: float = 0.0  # weight of the dense reading loss (model.glyph_loss) where data has glyph centres
+    align_weight: float = 0.0  # weight of the attention alignment loss (head 0 of layers 0-1 onto the glyph's cell)
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.95)
     schedule: str = "cosine"
@@ -275,8 +276,9 @@ def to_device(batch, device):
     out["inputs"] = batch["inputs"].to(device, non_blocking=True)
     out["targets"] = batch["targets"].to(device, non_blocking=True)
     out["views"] = batch["views"].to(device) if batch["views"] is not None else None
-    if batch.get("glyphs") is not None:
-        out["glyphs"] = batch["glyphs"].to(device, non_blocking=True)
+    for key in ("glyphs", "align"):
+        if batch.get(key) is not None:
+            out[key] = batch[key].to(device, non_blocking=True)
     return out
 
 
@@ -387,23 +389,26 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
         # global batch: the same update for any split over ranks and accumulation steps.
         batches = [next_batch() for _ in range(accum)]
         n_tok = all_sum(sum(int((b["targets"] >= 0).sum()) for b in batches), d)
-        # the glyph loss is a mean over the step's labelled cells on all ranks, as the decoder's is over tokens
-        n_glyph = max(1, all_sum(sum(b["glyph_cells"] for b in batches), d)) if tc.glyph_weight else 1
+        # each aid's loss is a mean over the step's labelled cells/keys on all ranks, as the decoder's is over tokens
+        aids = {"glyph": ("glyph_cells", "glyphs", tc.glyph_weight), "align": ("align_keys", "align", tc.align_weight)}
+        aids = {k: v for k, v in aids.items() if v[2]}
+        n_aid = {k: max(1, all_sum(sum(b[count] for b in batches), d)) for k, (count, _, _) in aids.items()}
         n_samples = sum(b["samples"] for b in batches)
         if flops is None and d.master:
             flops = step_flops(raw, batches[0], device, tc.dtype) * accum * d.world
-        loss_sum, glyph_sum = 0.0, 0.0
+        loss_sum, aid_sum = 0.0, dict.fromkeys(aids, 0.0)
         for micro, batch in enumerate(batches):
             sync = nullcontext() if (not d.ddp or micro == accum - 1) else fwd.no_sync()
-            glyphs = batch.get("glyphs") if tc.glyph_weight else None
+            kw = {key: batch.get(key) for _, (_, key, _) in aids.items()}
             with sync, autocast_ctx(device, tc.dtype):
-                res = fwd(batch["inputs"], batch["targets"], views=batch["views"], loss_reduction="sum",
-                          glyphs=glyphs)
+                res = fwd(batch["inputs"], batch["targets"], views=batch["views"], loss_reduction="sum", **kw)
             loss = total = res
-            if glyphs is not None:
+            if aids:
                 loss, aux = res
-                total = loss + tc.glyph_weight * aux * (n_tok / n_glyph)
-                glyph_sum += aux.detach()
+                total = loss
+                for k, (_, _, w) in aids.items():
+                    total = total + w * aux[k] * (n_tok / n_aid[k])
+                    aid_sum[k] += aux[k].detach()
             (total * (d.world / n_tok)).backward()  # DDP averages over ranks, hence * world
             loss_sum += loss.detach()
         loss_val = all_sum(float(loss_sum), d) / n_tok
@@ -423,16 +428,16 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
         tok_s = n_tok / dt
         rec = {"kind": "train", "step": step, "loss": loss_val, "lr": lr, "dt": dt, "tok_s": tok_s,
                "samples_s": n_samples * d.world / dt, "grad_norm": float(gnorm) if gnorm is not None else None}
-        if tc.glyph_weight:
-            rec["glyph_loss"] = all_sum(float(glyph_sum), d) / n_glyph  # per labelled vision token
+        for k in aids:
+            rec[f"{k}_loss"] = all_sum(float(aid_sum[k]), d) / n_aid[k]  # per labelled cell / key
         if flops and peak:
             rec["mfu"] = flops / dt / (peak * d.world)
         if log:
             log.write(rec)
         bar.update(1)
         post = {"loss": f"{ema:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{tok_s:.0f}", "smp/s": f"{rec['samples_s']:.1f}"}
-        if "glyph_loss" in rec:
-            post["glyph"] = f"{rec['glyph_loss']:.2f}"
+        for k in aids:
+            post[k] = f"{rec[f'{k}_loss']:.2f}"
         if "mfu" in rec:
             post["mfu"] = f"{100 * rec['mfu']:.1f}%"
         bar.set_postfix(post, refresh=False)
@@ -532,6 +537,9 @@ def add_args(p, **defaults):
     g.add_argument("--glyph-weight", type=float, default=defaults.get("glyph_weight", 0.0),
                    help="weight of the dense reading loss: each vision token must name the character in its "
                         "cell (synthetic data, which knows where it drew each character)")
+    g.add_argument("--align-weight", type=float, default=defaults.get("align_weight", 0.0),
+                   help="weight of the alignment loss: attention head 0 of decoder layers 0 and 1 is told which "
+                        "vision token holds the character being read (synthetic data)")
     g.add_argument("--vision-lr-mult", type=float, default=defaults.get("vision_lr_mult", 1.0),
                    help="SAM, compressor and CLIP train at lr times this")
     g.add_argument("--weight-decay", type=float, default=0.0)
@@ -561,7 +569,7 @@ def add_args(p, **defaults):
 def train_config(args, phase):
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, total_batch_size=args.total_batch_size, lr=args.lr,
-        vision_lr_mult=args.vision_lr_mult, glyph_weight=args.glyph_weight,
+        vision_lr_mult=args.vision_lr_mult, glyph_weight=args.glyph_weight, align_weight=args.align_weight,
         weight_decay=args.weight_decay, schedule=args.schedule, warmup_ratio=args.warmup_ratio,
         step_size=args.step_size, grad_clip=args.grad_clip, eval_every=args.eval_every,
         eval_batches=args.eval_batches, save_every=args.save_every, compile=args.compile, dtype=args.dtype,
@@ -593,7 +601,7 @@ def build_datasets(args, model, tokenizer):
                                    else args.text_data))
         weights = [w * (1 - args.text_ratio) / sum(weights) for w in weights] + [args.text_ratio]
     dcfg = DataConfig(mode=args.mode, seq_len=args.seq_len or model.config.gpt.sequence_len,
-                      glyphs=args.glyph_weight > 0)
+                      glyphs=args.glyph_weight > 0 or args.align_weight > 0)
     train = OCRDataset(Mixture(sources, weights, seed=args.seed), tokenizer, model.config, dcfg)
     val = None
     if args.val_data:

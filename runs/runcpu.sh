@@ -26,6 +26,8 @@ P2_STEPS="${P2_STEPS:-300}"
 BATCH="${BATCH:-8}"
 P1_TRAIN="${P1_TRAIN:-compressor,clip,projector,gpt}"
 P1_LR="${P1_LR:-1e-3}"
+GLYPH_WEIGHT="${GLYPH_WEIGHT:-1}"
+DTYPE="${DTYPE:-bf16}"
 VISION_LR_MULT="${VISION_LR_MULT:-0.3}"
 P2_LR="${P2_LR:-5e-4}"
 KINDS="${KINDS:-line:1,paragraph:2}"
@@ -40,19 +42,24 @@ stage() { local name=$1; shift; local t=$(date +%s); echo "== $name"; "$@"; echo
 echo -e "install\t$(( $(date +%s) - T0 ))" >> "$TIMES"
 stage data python -m nanoocr.cli synth --out "$BASE/data/heldout_line" --n "$EVAL_N" --split heldout --kinds line
 stage data python -m nanoocr.cli synth --out "$BASE/data/heldout_paragraph" --n "$EVAL_N" --split heldout --kinds paragraph
+stage data python -m nanoocr.cli synth --out "$BASE/data/heldout_random" --n "$EVAL_N" --split heldout --kinds line \
+    --set text=random
 stage data python -m nanoocr.cli synth --out "$BASE/data/text_chat.jsonl" --text-chat 2000
 stage tokenizer python -m scripts.tok_train --vocab-size "$VOCAB" --out "$BASE/tokenizer"
 stage phase1 python -m scripts.vis_tok_train --preset "$PRESET" --tokenizer "$BASE/tokenizer" --train "$P1_TRAIN" \
     --data synth --synth-kinds "$KINDS" --steps "$P1_STEPS" --batch-size "$BATCH" --lr "$P1_LR" \
-    --vision-lr-mult "$VISION_LR_MULT" \
+    --vision-lr-mult "$VISION_LR_MULT" --glyph-weight "$GLYPH_WEIGHT" --dtype "$DTYPE" \
     --workers "$WORKERS" --eval-every "$EVAL_EVERY" --save-every "$EVAL_EVERY" --out "$BASE/phase1"
 stage phase2 python -m scripts.vis_mid_train --model "$BASE/phase1/model" \
     --resume-from-deepencoder "$BASE/phase1/deepencoder.safetensors" --data synth --synth-kinds "$KINDS" \
     --text-data "$BASE/data/text_chat.jsonl" --text-ratio 0.1 --steps "$P2_STEPS" --batch-size "$BATCH" \
-    --lr "$P2_LR" --workers "$WORKERS" --eval-every "$EVAL_EVERY" --save-every "$EVAL_EVERY" --out "$BASE/phase2"
+    --lr "$P2_LR" --dtype "$DTYPE" --workers "$WORKERS" --eval-every "$EVAL_EVERY" --save-every "$EVAL_EVERY" --out "$BASE/phase2"
 rm -rf "$BASE/model" && cp -r "$BASE/phase2/model" "$BASE/model"
+COMPARE=()
+if command -v tesseract >/dev/null 2>&1; then COMPARE=(--compare tesseract); fi  # Debian: tesseract-ocr
 stage eval python -m nanoocr.cli eval --model "$BASE/model" --data "$BASE/data/heldout_line/manifest.jsonl" \
-    "$BASE/data/heldout_paragraph/manifest.jsonl" --out "$BASE/eval"
+    "$BASE/data/heldout_paragraph/manifest.jsonl" "$BASE/data/heldout_random/manifest.jsonl" --out "$BASE/eval" \
+    "${COMPARE[@]}"
 stage ocr python -m nanoocr.cli ocr "$BASE/data/heldout_paragraph/images/000000.png" --model "$BASE/model" \
     --prompt free --format txt --out "$BASE/ocr"
 cat "$BASE/ocr/000000.txt"

@@ -150,3 +150,29 @@ def test_synthetic_items_carry_aligned_glyph_labels(tokenizer):
         assert len(item["glyphs"]) == int((item["ids"] == tokenizer.image_id).sum())
     batch = next(iter(make_loader(ds, 2, workers=0)))
     assert len(batch["glyphs"]) == 2 * len(item["glyphs"]) and batch["glyph_cells"] == int((batch["glyphs"] >= 0).sum())
+
+
+def test_answer_tokens_point_at_the_cells_of_their_characters(tokenizer):
+    """token_cells (the alignment loss's targets): each answer token points at a vision token of the image, in
+    reading order, and where that cell holds one glyph it is the token's own character."""
+    cfg = get_preset("cpu", vocab_size=tokenizer.vocab_size)
+    synth = SynthConfig(kinds={"line": 1.0, "paragraph": 1.0}, font_size=(30, 34), augment=0.0)
+    ds = OCRDataset(Mixture([SynthSource(synth)]), tokenizer, cfg, DataConfig("base", 768, glyphs=True))
+    checked = 0
+    for k in range(6):
+        item = ds[k]
+        ids, cells = item["ids"], item["cells"]
+        image = (ids == tokenizer.image_id).nonzero().flatten()
+        pointed = cells[cells >= 0]
+        assert len(pointed) >= 2 and bool(item["mask"][cells >= 0].all())  # answer tokens only
+        assert bool((pointed >= image[0]).all() and (pointed <= image[-1]).all())
+        assert bool((ids[pointed] == tokenizer.image_id).all())
+        for p in (cells >= 0).nonzero().flatten().tolist():
+            lab = int(item["glyphs"][cells[p] - image[0]])
+            if lab >= 0 and lab != tokenizer.encode(" ")[0]:
+                assert tokenizer.decode([lab]) in tokenizer.decode([int(ids[p])]), (k, p)
+                checked += 1
+    assert checked >= 10
+    batch = next(iter(make_loader(ds, 2, workers=0)))
+    assert batch["align"].shape == (2, *batch["inputs"].shape) and batch["align_keys"] > 0
+    assert torch.equal(batch["align"][0, :, 1:], batch["align"][1, :, :-1])  # row 0 = row 1 shifted by one

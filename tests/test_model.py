@@ -124,3 +124,16 @@ def test_config_roundtrip_and_validation():
     d["gpt"]["n_layers"] = 3
     with pytest.raises(ValueError, match="n_layers"):
         OCRConfig.from_dict(d)
+
+
+def test_attention_nll_is_the_heads_real_attention():
+    """gpt.attention_nll scores the same weights SDPA uses: with the identity as values, SDPA returns them."""
+    torch.manual_seed(0)
+    B, T, d = 2, 9, 8
+    q, k = torch.randn(B, T, d), torch.randn(B, T, d)
+    weights = torch.nn.functional.scaled_dot_product_attention(q, k, torch.eye(T).expand(B, T, T), is_causal=True)
+    target = torch.randint(0, T, (B, T))
+    target = torch.minimum(target, torch.arange(T))  # causal: a key at or before the query
+    target[0, 3] = -1
+    expect = -weights.gather(-1, target.clamp(min=0)[..., None])[..., 0].log()[target >= 0].sum()
+    assert torch.allclose(gpt_mod.attention_nll(q, k, None, target), expect, atol=1e-5)

@@ -119,6 +119,17 @@ def test_glyph_loss_trains_the_encoder(tok_dir, tmp_path):
     assert len(glyph) == 60 and sum(glyph[-10:]) < 0.5 * sum(glyph[:10]), glyph
 
 
+def test_alignment_loss_teaches_head_zero_where_to_read(tok_dir, tmp_path):
+    """--align-weight: logged, and falls well below its start (10 pages; every answer character's cell is known)."""
+    out = tmp_path / "a"
+    _phase(["-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir), "--train", "all",
+            "--synth-limit", "10", "--steps", "60", "--lr", "3e-3", "--align-weight", "1", "--out", str(out),
+            "--synth-set", "font_size=18,22", "max_width=56", "augment=0", *TINY], ROOT)
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    align = [r["align_loss"] for r in log if r["kind"] == "train"]
+    assert len(align) == 60 and sum(align[-10:]) < 0.6 * sum(align[:10]), align
+
+
 def test_a_config_that_fails_every_sample_stops_with_its_reason(tok_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir),
                         "--train", "all", "--steps", "2", "--out", str(tmp_path / "x"), "--synth-set",
