@@ -1,11 +1,6 @@
 """Shared fixtures: a tiny tokenizer and a tiny random-init model folder, built once per test session.
 The model's output is gibberish, so tests that use it assert structure and behaviour, never words."""
 
-import json
-import sys
-import types
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -47,22 +42,12 @@ def tiny_model_dir(tokenizer, tmp_path_factory):
     return save_model(model, tmp_path_factory.mktemp("models") / "tiny", tokenizer=tokenizer, meta={"preset": "tiny"})
 
 
-class StandInTokenizer:
-    """The tokenizer API that checkpoint.py and weights.py rely on: their plumbing tested on its own."""
-
-    def __init__(self, vocab_size, image_id):
-        self.vocab_size, self.image_id = vocab_size, image_id
-
-    def save(self, path):
-        (Path(path) / "tokenizer.json").write_text(json.dumps(vars(self)))
-
-    @classmethod
-    def from_directory(cls, path):
-        return cls(**json.loads((Path(path) / "tokenizer.json").read_text()))
-
-
-@pytest.fixture
-def stand_in_tokenizer(monkeypatch):
-    """The StandInTokenizer class, installed as nanoocr.tokenizer.Tokenizer for the test."""
-    monkeypatch.setitem(sys.modules, "nanoocr.tokenizer", types.SimpleNamespace(Tokenizer=StandInTokenizer))
-    return StandInTokenizer
+def byte_tokenizer(vocab_size, image_id):
+    """A real Tokenizer without training: the 256 byte tokens, <|image|> at `image_id`, the other special
+    tokens after the bytes, the last one at vocab_size - 1 (for tests of vocab and id plumbing)."""
+    from nanoocr.tokenizer import IMAGE, SPECIAL_TOKENS, Tokenizer
+    others = [t for t in SPECIAL_TOKENS if t != IMAGE]
+    ids = [i for i in range(256, vocab_size) if i != image_id][:len(others) - 1] + [vocab_size - 1]
+    if vocab_size - 1 == image_id or len(ids) < len(others) or not 256 <= image_id < vocab_size:
+        raise ValueError(f"no byte tokenizer with {vocab_size} tokens and <|image|> at {image_id}")
+    return Tokenizer({bytes([b]): b for b in range(256)}, {**dict(zip(others, ids)), IMAGE: image_id})
