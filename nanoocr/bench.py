@@ -18,7 +18,7 @@ attention estimate as if everything trained:
     3 * (2 * sum(weights * positions they see) + sum over attention layers(4 * dim * queries * keys))
 positions: SAM (S/p)^2, net_2 (S/2p)^2, net_3 and projector g^2, CLIP g^2+1, decoder B*T; keys: SAM window^2
 (all patches in global blocks), CLIP g^2+1, decoder T (full, as nanochat's 12*L*d*T).
-MFU = flops / step time / train.peak_flops(device); that peak is unknown on CPU unless NANOOCR_PEAK_FLOPS is
+MFU = flops / step time / common.peak_flops(device); that peak is unknown on CPU unless NANOOCR_PEAK_FLOPS is
 set, and then `mfu` is null. Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the process's peak
 RSS (ru_maxrss), a lifetime high-water mark that cannot be reset between measurements.
 """
@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from nanoocr.common import DTYPES, autocast_ctx, peak_flops, pick_device
 from nanoocr.data import DataConfig, Mixture, OCRDataset, SynthSource, make_loader
 from nanoocr.image import MODES, ViewBatch, choose_tiles, collate_views, make_views
 from nanoocr.model import NanoDeepseekOCR
@@ -47,10 +48,9 @@ from nanoocr.presets import get_preset
 from nanoocr.reader import Reader
 from nanoocr.synth import SynthConfig, corpus, generate
 from nanoocr.tokenizer import Tokenizer
-from nanoocr.train import TrainConfig, apply_freeze, build_optimizer, parse_policy, peak_flops, step_flops, to_device
+from nanoocr.train import TrainConfig, apply_freeze, build_optimizer, parse_policy, step_flops, to_device
 
 SECTIONS = ("encoder", "train", "data", "generate", "e2e")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # the defaults; --smoke swaps in the second value of each pair
 DEFAULTS = {"preset": ("cpu", "tiny"), "repeats": (5, 1), "warmup": (1, 1), "new_tokens": (256, 12), "threads": (0, 1),
             "modes": ("tiny,small,base,large,gundam", "tiny,base,gundam"), "mode": ("base", "base")}
@@ -93,7 +93,7 @@ def resolve(args):
         if getattr(args, k) is None:
             setattr(args, k, smoke if args.smoke else normal)
     if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        args.device = pick_device()
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     if args.batch_sizes is None:
         args.batch_sizes = "1,2" if args.smoke else ("1,8,32" if args.device.startswith("cuda") else "1,8")
@@ -126,10 +126,6 @@ def timeit(fn, args, dev):
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def autocast(dev, dtype):
-    return contextlib.nullcontext() if dtype == "fp32" else torch.autocast(dev.type, dtype=DTYPES[dtype])
 
 
 class Recorder:
@@ -262,7 +258,7 @@ def encoder_once(model, views, pas, args, dev):
     n_views = len(views) + views.crops.shape[0]
 
     def run():
-        with torch.set_grad_enabled(pas != "forward"), autocast(dev, args.dtype):
+        with torch.set_grad_enabled(pas != "forward"), autocast_ctx(dev, args.dtype):
             out = model.encode_images(views)
         if pas != "forward":
             torch.cat(out).float().square().mean().backward()
@@ -292,7 +288,7 @@ def train_once(model, fwd, opt, batch, args, dev):
     n_tok = int((batch["targets"] >= 0).sum())
 
     def step():
-        with autocast(dev, args.dtype):
+        with autocast_ctx(dev, args.dtype):
             loss = fwd(batch["inputs"], batch["targets"], views=batch["views"], loss_reduction="sum")
         (loss / n_tok).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

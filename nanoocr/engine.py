@@ -4,10 +4,10 @@ through one prefill into a KV cache, then every step feeds one token per row; ro
 batch. Tokenizer-free: prompts come in as ids (with their <|image|> runs expanded), ids come out.
 """
 
-import contextlib
 
 import torch
 
+from nanoocr import common
 from nanoocr.gpt import KVCache
 
 PAD_ID = 0  # fills the left padding; those positions are masked out, so the id never matters
@@ -101,14 +101,11 @@ class Engine:
     def __init__(self, model, device=None, autocast_dtype=None):
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device)
-        if autocast_dtype is None and self.device.type == "cuda":
-            autocast_dtype = torch.bfloat16
-        self.autocast_dtype = None if autocast_dtype == torch.float32 else autocast_dtype
+        # None: the device's default (bf16 on CUDA, fp32 on CPU); afterwards None means no autocast
+        self.autocast_dtype = common.autocast_dtype(self.device, "auto" if autocast_dtype is None else autocast_dtype)
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return common.autocast_ctx(self.device.type, self.autocast_dtype)
 
     def _prompt_embeds(self, prompts, views):
         """Left-padded prompts -> the decoder's ids (B, T) (-1 at vision tokens), the merged input

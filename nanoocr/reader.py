@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanoocr.common import pick_device
 from nanoocr.engine import Engine
 from nanoocr.image import collate_views, make_views, num_image_tokens
 from nanoocr.prompts import prompt_text
@@ -22,14 +23,6 @@ class Result:
     text: str
     tokens: int
     seconds: float
-
-
-def pick_device(device="auto"):
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device}: CUDA is not available on this machine")
-    return device
 
 
 def unused_rows(tokenizer, vocab_rows):

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from nanoocr.common import all_gather, all_mean, all_sum, autocast_ctx, peak_flops, teardown_dist
 from nanoocr.model import PARTS, part_of
 
 # ----------------------------------------------------------------------------- freeze policies
@@ -52,47 +52,6 @@ def param_summary(model):
         d = out.setdefault(part_of(name), {"trainable": 0, "frozen": 0})
         d["trainable" if p.requires_grad else "frozen"] += p.numel()
     return out
-
-
-# ----------------------------------------------------------------------------- distributed
-
-@dataclass
-class Dist:
-    ddp: bool = False
-    rank: int = 0
-    local_rank: int = 0
-    world: int = 1
-    device: str = "cpu"
-
-    @property
-    def master(self):
-        return self.rank == 0
-
-
-def setup_dist(device="auto"):
-    """torchrun sets RANK/WORLD_SIZE: nccl on GPU, gloo on CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if "RANK" not in os.environ:
-        return Dist(device=device)
-    rank, local, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    if device == "cuda":
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Dist(True, rank, local, world, device)
-
-
-def all_sum(x, d):
-    if not d.ddp:
-        return x
-    t = torch.tensor([float(x)], dtype=torch.float64, device=d.device if d.device.startswith("cuda") else "cpu")
-    dist.all_reduce(t)
-    return t.item()
-
-
-def all_mean(x, d):
-    return all_sum(x, d) / d.world
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -232,15 +191,6 @@ class MetricsLog:
 
 # ----------------------------------------------------------------------------- the loop
 
-def autocast_ctx(device, dtype="auto"):
-    """bf16 autocast on CUDA by default; on CPU only when asked (dtype="bf16"): this 2-core CPU multiplies bf16
-    ~3x faster than fp32, and the speedrun measures that its loss still falls."""
-    kind = "cuda" if str(device).startswith("cuda") else "cpu"
-    if dtype == "fp32" or (dtype == "auto" and kind == "cpu"):
-        return nullcontext()
-    return torch.autocast(kind, dtype=torch.bfloat16)
-
-
 def build_optimizer(model, tc, device):
     """AdamW; one param group per (lr multiplier, weight decay or not)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -278,21 +228,6 @@ def to_device(batch, device):
     if batch.get("glyphs") is not None:
         out["glyphs"] = batch["glyphs"].to(device, non_blocking=True)
     return out
-
-
-def peak_flops(device):
-    """Dense bf16 peak for MFU; None where unknown (CPU): set NANOOCR_PEAK_FLOPS to report MFU there."""
-    if os.environ.get("NANOOCR_PEAK_FLOPS"):
-        return float(os.environ["NANOOCR_PEAK_FLOPS"])
-    if not str(device).startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name(device)
-    # dense bf16 peaks; the PCIe H100 is clocked lower than the SXM one
-    for key, val in (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
-                     ("4090", 165e12)):
-        if key in name:
-            return val
-    return None
 
 
 def plot_losses(log_path, png_path, title):
@@ -454,11 +389,7 @@ def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=Fals
         if step % tc.save_every == 0 or last:
             if log:
                 log.flush()  # the rows up to this step reach the disk before the checkpoint that claims them
-            rng = ck.rng_state()
-            if d.ddp:
-                gathered = [None] * d.world
-                dist.all_gather_object(gathered, rng)
-                rng = gathered
+            rng = all_gather(ck.rng_state(), d)
             if d.master:
                 ck.save_training_state(out / "ckpt", step, raw, optimizer,
                                        {"rng": rng, "skips": skips.summary(), "train_config": asdict(tc)})
@@ -626,10 +557,7 @@ def run_phase(args, model, tokenizer, phase, d):
 
     result = fit(model, tokenizer, train_ds, val_ds, tc, d, resume=resume, find_unused=find_unused,
                  on_save=on_save)
-    if d.ddp:
-        # a rank that exits while another still talks to it aborts the whole job ("terminate called ...")
-        dist.barrier()
-        dist.destroy_process_group()
+    teardown_dist(d)
     result["params"] = summary
     if d.master:
         (out / "summary.json").write_text(json.dumps(result, indent=2))

@@ -14,7 +14,8 @@ import argparse
 import torch
 
 from nanoocr import checkpoint as ck
-from nanoocr.train import add_args, run_phase, setup_dist
+from nanoocr.common import setup_dist
+from nanoocr.train import add_args, run_phase
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", required=True, help="model folder: config, tokenizer and decoder weights")

@@ -13,10 +13,11 @@ import argparse
 import torch
 
 from nanoocr import checkpoint as ck
+from nanoocr.common import setup_dist
 from nanoocr.model import NanoDeepseekOCR
 from nanoocr.presets import apply_overrides, get_preset
 from nanoocr.tokenizer import Tokenizer
-from nanoocr.train import add_args, run_phase, setup_dist
+from nanoocr.train import add_args, run_phase
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", default=None, help="model folder to start from (e.g. from import-weights)")

@@ -22,12 +22,13 @@ from PIL import Image, ImageDraw
 
 from nanoocr import checkpoint as ck
 from nanoocr.cli import main as nanoocr
+from nanoocr.common import Dist
 from nanoocr.data import DataConfig, JsonlSource, Mixture, OCRDataset, SkipLog, SynthSource, _open_image, collate
 from nanoocr.inputs import Failure, InputError, Page, iter_pages, load_image
 from nanoocr.model import NanoDeepseekOCR
 from nanoocr.presets import OCRConfig, get_preset
 from nanoocr.reader import Reader
-from nanoocr.train import Dist, TrainConfig, fit, plot_losses
+from nanoocr.train import TrainConfig, fit, plot_losses
 from nanoocr.web.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
