@@ -71,8 +71,9 @@ class NanoDeepseekOCR(nn.Module):
         self.gpt.init_weights()
         return self
 
-    def encode_views(self, x):
-        """(N, 3, S, S) views -> (N, g, g, n_embd) projected vision tokens."""
+    def encode_stages(self, x):
+        """(N, 3, S, S) views -> each stage's tokens: SAM (N, g*g, C_sam) after the compressor, CLIP
+        (N, g*g, C_clip) without its class token, and the projected vision tokens (N, g, g, n_embd)."""
         # frozen stages run without autograd until the first stage that trains
         sam_model = self.sam_model
         grad = torch.is_grad_enabled() and _trains(sam_model.trunk_parameters())
@@ -83,10 +84,14 @@ class NanoDeepseekOCR(nn.Module):
             sam = sam_model.compress(sam)  # (N, C, g, g)
         grad = grad or (torch.is_grad_enabled() and _trains(self.vision_model.parameters()))
         with torch.set_grad_enabled(grad):
-            clip = self.vision_model(patch_embeds=sam)  # (N, 1 + g*g, C)
+            clip = self.vision_model(patch_embeds=sam)[:, 1:]  # (N, g*g, C)
         N, C, g, _ = sam.shape
-        feats = torch.cat([clip[:, 1:], sam.flatten(2).transpose(1, 2)], -1)  # (N, g*g, 2C)
-        return self.projector(feats).view(N, g, g, -1)
+        sam = sam.flatten(2).transpose(1, 2)  # (N, g*g, C)
+        return sam, clip, self.projector(torch.cat([clip, sam], -1)).view(N, g, g, -1)
+
+    def encode_views(self, x):
+        """(N, 3, S, S) views -> (N, g, g, n_embd) projected vision tokens."""
+        return self.encode_stages(x)[2]
 
     def _with_newlines(self, grid):
         # (..., rows, cols, D) -> (..., rows * (cols + 1), D)

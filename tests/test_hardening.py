@@ -71,7 +71,7 @@ def tiny_run(tokenizer, man, out, steps, resume=None):
     ds = OCRDataset(Mixture([JsonlSource(man)]), tokenizer, cfg, DataConfig("tiny", 128))
     tc = TrainConfig(steps=steps, batch_size=2, save_every=1, eval_every=1000, workers=0, warmup_ratio=0.0,
                      out_dir=str(out))
-    return fit(model, tokenizer, ds, None, tc, Dist(), resume=resume)
+    return fit(model, ds, None, tc, Dist(), resume=resume)
 
 
 def test_1_wrong_shape_rows_are_bad_samples_in_training_and_resume(tokenizer, tmp_path):
