@@ -40,10 +40,11 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from nanoocr.checkpoint import load_model
 from nanoocr.common import DTYPES, autocast_ctx, peak_flops, pick_device
 from nanoocr.data import DataConfig, Mixture, OCRDataset, SynthSource, make_loader
 from nanoocr.image import MODES, ViewBatch, choose_tiles, collate_views, make_views
-from nanoocr.model import NanoDeepseekOCR
+from nanoocr.model import build_model
 from nanoocr.presets import get_preset
 from nanoocr.reader import Reader
 from nanoocr.synth import SynthConfig, corpus, generate
@@ -192,19 +193,12 @@ def build(args, dev):
     """-> (model on dev, tokenizer). A fresh preset gets a quickly trained small tokenizer; the decoder keeps
     the preset's vocab size so the head costs what it would (unused rows are harmless)."""
     if args.model:
-        from nanoocr.checkpoint import load_model
-        model, tok, _ = load_model(args.model)
-        if tok is None:
-            raise SystemExit(f"{args.model}: model folder has no tokenizer")
+        model, tok, _ = load_model(args.model, need_tokenizer=True)
         return model.to(dev), tok
     cfg = get_preset(args.preset)
     tok = Tokenizer.train(corpus()["train"].paragraphs[:2000], min(cfg.gpt.vocab_size, 1024))
     cfg.gpt.vocab_size = max(cfg.gpt.vocab_size, tok.vocab_size)
-    torch.manual_seed(0)
-    with torch.device(dev):  # built where it runs: d20 is 962M parameters
-        model = NanoDeepseekOCR(cfg).init_weights()
-    model.image_token_id = tok.image_id
-    return model, tok
+    return build_model(cfg, tok, seed=0, device=dev), tok
 
 
 def dataset(model, tok, args):

@@ -93,8 +93,9 @@ def _fill_buffers(model, device):
         raise RuntimeError(f"load_model: cannot rebuild the buffer(s) {left}; teach checkpoint._fill_buffers")
 
 
-def load_model(model_dir, device="cpu", dtype=None):
-    """(model, tokenizer or None, meta) from a folder written by save_model (or an HF repo id holding one)."""
+def load_model(model_dir, device="cpu", dtype=None, need_tokenizer=False):
+    """(model, tokenizer or None, meta) from a folder written by save_model (or an HF repo id holding one).
+    need_tokenizer: a folder without tokenizer.json is an error (whoever reads or trains needs one)."""
     d = resolve_dir(model_dir, "model folder")
     expect = "a model folder with config.json and model.safetensors (written by save_model or import-weights)"
     if not d.is_dir():
@@ -122,6 +123,8 @@ def load_model(model_dir, device="cpu", dtype=None):
     _fill_buffers(model, device)
     model.image_token_id = doc.get("image_token_id")
     tokenizer = None
+    if need_tokenizer and not (d / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{d}: the model folder has no tokenizer.json")
     if (d / "tokenizer.json").is_file():
         tokenizer = Tokenizer.from_directory(str(d))
         if tokenizer.vocab_size > cfg.gpt.vocab_size:

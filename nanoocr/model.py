@@ -4,6 +4,8 @@ NanoDeepseekOCR: views -> SAM -> compressor -> CLIP -> [CLIP tokens | SAM tokens
 decoder's input embeddings at the <|image|> positions -> nanochat GPT.
 """
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn as nn
 
@@ -172,8 +174,28 @@ class NanoDeepseekOCR(nn.Module):
             return self.projector.layers.weight.sum() * 0.0  # keeps DDP's every-parameter-has-a-grad rule
         return self.gpt.loss(norm(torch.cat(vision)), glyphs, reduction)
 
+    def set_trainable(self, parts):
+        """requires_grad by part (PARTS); CLIP's pixel conv stays frozen whatever the parts, since DeepEncoder
+        never runs it. -> the names of the parameters that train."""
+        pixel_conv = self.vision_model.embeddings.patch_embedding.weight
+        for name, p in self.named_parameters():
+            p.requires_grad_(part_of(name) in parts and p is not pixel_conv)
+        return sorted(n for n, p in self.named_parameters() if p.requires_grad)
+
     def param_counts(self):
         counts = dict.fromkeys(PARTS, 0)
         for name, p in self.named_parameters():
             counts[part_of(name)] += p.numel()
         return counts
+
+
+def build_model(cfg, tokenizer=None, seed=None, device=None):
+    """The one place a fresh model is made: NanoDeepseekOCR of `cfg`, initialised (after torch.manual_seed(seed)
+    when a seed is given), built directly on `device` when given (d20 is 962M parameters), and its
+    image_token_id taken from the tokenizer (None without one: text-only until a tokenizer is attached)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device(device) if device is not None else nullcontext():
+        model = NanoDeepseekOCR(cfg).init_weights()
+    model.image_token_id = tokenizer.image_id if tokenizer is not None else None
+    return model

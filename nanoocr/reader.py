@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanoocr.checkpoint import load_model
 from nanoocr.common import pick_device
 from nanoocr.engine import Engine
 from nanoocr.image import collate_views, make_views, num_image_tokens
@@ -47,10 +48,7 @@ class Reader:
 
     @classmethod
     def from_dir(cls, model_dir, device="auto", **kw):
-        from nanoocr.checkpoint import load_model
-        model, tok, _ = load_model(model_dir)
-        if tok is None:
-            raise FileNotFoundError(f"{model_dir}: model folder has no tokenizer.json")
+        model, tok, _ = load_model(model_dir, need_tokenizer=True)
         return cls(model, tok, device=device, **kw)
 
     def prompt_ids(self, image, prompt="free", ref=None, mode=None):

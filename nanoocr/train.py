@@ -136,10 +136,8 @@ def parse_policy(spec):
 
 
 def apply_freeze(model, parts):
-    """requires_grad by part; CLIP's pixel conv always stays frozen (DeepEncoder never uses it)."""
-    for name, p in model.named_parameters():
-        p.requires_grad_(part_of(name) in parts and "embeddings.patch_embedding" not in name)
-    return sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    """requires_grad by part (model.set_trainable); -> the names of the parameters that train."""
+    return model.set_trainable(parts)
 
 
 def param_summary(model):

@@ -41,7 +41,7 @@ from nanoocr.fileio import (
     write_safetensors,
 )
 from nanoocr.gpt import table_rows
-from nanoocr.model import PARTS, NanoDeepseekOCR, part_of
+from nanoocr.model import PARTS, NanoDeepseekOCR, build_model, part_of
 from nanoocr.presets import GPTConfig, OCRConfig, get_preset
 from nanoocr.tokenizer import Tokenizer
 
@@ -556,8 +556,7 @@ def import_weights(out, preset="deepseek-d20", sam=None, clip=None, nanochat=Non
     else:
         notes.append(f"no tokenizer: vocab_size {cfg.gpt.vocab_size} from the preset; image_token_id unset")
     cfg.validate()
-    torch.manual_seed(seed)
-    model = NanoDeepseekOCR(cfg).init_weights()
+    model = build_model(cfg, tok, seed)
     reports = []
     if deepseek_ocr is not None:
         reports.append(load_deepseek_ocr(model, deepseek_ocr))
@@ -567,7 +566,6 @@ def import_weights(out, preset="deepseek-d20", sam=None, clip=None, nanochat=Non
         reports.append(load_hf_clip(model, clip))
     if nanochat is not None:
         reports.append(load_nanochat(model, nanochat))
-    model.image_token_id = tok.image_id if tok is not None else None
     loaded = {k for r in reports for k in r.loaded}
     fresh_rows = [f for r in reports for f in r.fresh if "[" in f]  # e.g. grown vocab rows
     parts = {}
