@@ -43,7 +43,7 @@ from PIL import Image
 from nanoocr.checkpoint import load_model
 from nanoocr.common import DTYPES, autocast_ctx, peak_flops, pick_device
 from nanoocr.data import DataConfig, Mixture, OCRDataset, SynthSource, make_loader
-from nanoocr.image import MODES, ViewBatch, choose_tiles, collate_views, make_views
+from nanoocr.image import MODES, ViewBatch, choose_tiles, collate_views, grid_side, make_views
 from nanoocr.model import build_model
 from nanoocr.presets import get_preset
 from nanoocr.reader import Reader
@@ -232,8 +232,7 @@ def analytic_flops(model, batch):
     fwd = 0
     for x in (batch["views"].global_views, batch["views"].crops):
         side = x.shape[-1] // c.sam.patch_size
-        P, s2 = side * side, math.ceil(side / 2)
-        g = math.ceil(s2 / 2)
+        P, s2, g = side * side, math.ceil(side / 2), grid_side(x.shape[-1], c.sam.patch_size)  # after net_2, net_3
         f = 2 * P * (weights(sam.patch_embed) + weights(sam.blocks) + weights(sam.neck))
         f += sum(4 * c.sam.dim * P * (blk.window_size ** 2 or P) for blk in sam.blocks)
         f += 2 * (s2 * s2 * weights(sam.net_2) + g * g * weights(sam.net_3) + g * g * weights(model.projector))
