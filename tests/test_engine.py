@@ -197,14 +197,22 @@ def test_images_encoded_once(engine, model, monkeypatch, use_cache):
     assert calls == [3]
 
 
-def test_stream_gets_the_tokens_in_order(engine, model):
+def test_steps_give_the_tokens_in_order(engine, model):
     rows = mixed_rows(model.config)
-    full = run(engine, rows)
-    stop = full[2][3]
-    seen = []
-    out = run(engine, rows, stop_ids=[stop], stream=lambda r, t: seen.append((r, t)))
+    stop = run(engine, rows)[2][3]
+    out = run(engine, rows, stop_ids=[stop])
+    prompts, views = [p for p, _ in rows], collate_views([v for _, v in rows if v is not None])
+    kw = {"max_new_tokens": N_NEW, "banned_ids": [IMG], "stop_ids": [stop]}
+    steps = list(engine.generate_steps(prompts, views, **kw))
+    seen = [pair for step in steps for pair in step]
     assert [[t for r, t in seen if r == i] for i in range(len(rows))] == out
     assert len(seen) == sum(map(len, out))
+    early = []  # a caller that breaks out stops the generation there
+    for step in engine.generate_steps(prompts, views, **kw):
+        early.append(step)
+        if len(early) == 2:
+            break
+    assert early == steps[:2]
 
 
 def test_edge_cases(engine, model):

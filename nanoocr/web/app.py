@@ -257,11 +257,13 @@ def create_app(reader, max_upload_mb=20, max_pages=20, timeout_s=120, batch_size
         with queued_lock:
             queued -= 1
 
-        def check(*_):  # the engine calls this with each new token: a raise stops generation there
-            if time.monotonic() > deadline:
-                raise Deadline
-        check()  # the request may have waited out its time in the queue
-        return reader.read(images, prompt=prompt, ref=ref, mode=mode, max_new_tokens=max_new_tokens, stream=check)
+        late = lambda: time.monotonic() > deadline
+        if late():  # the request may have waited out its time in the queue
+            raise Deadline
+        results = reader.read(images, prompt=prompt, ref=ref, mode=mode, max_new_tokens=max_new_tokens, stop=late)
+        if late():  # the reading stopped at the deadline (or ran past it)
+            raise Deadline
+        return results
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home():
