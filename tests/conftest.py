@@ -26,19 +26,27 @@ def tok_dir(tokenizer, tmp_path_factory):
     return d
 
 
+def tiny_model(seed=0, image_token_id=None, head_std=0.3, **preset):
+    """The one tiny-model factory: the random `tiny` preset (fields overridden by **preset), initialised after
+    torch.manual_seed(seed). nanochat zero-inits the head, so every logit would be equal and the output would
+    not depend on the image: the head is redrawn with std head_std (0 keeps nanochat's zero head)."""
+    from nanoocr.model import NanoDeepseekOCR
+    from nanoocr.presets import get_preset
+    torch.manual_seed(seed)
+    model = NanoDeepseekOCR(get_preset("tiny", **preset)).init_weights()
+    if head_std:
+        torch.nn.init.normal_(model.gpt.lm_head.weight, std=head_std)
+    model.image_token_id = image_token_id
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tokenizer, tmp_path_factory):
     """A model folder (config.json, model.safetensors, tokenizer.json) for the random `tiny` preset."""
     from nanoocr.checkpoint import save_model
-    from nanoocr.model import NanoDeepseekOCR
-    from nanoocr.presets import get_preset
     state = torch.random.get_rng_state()
-    torch.manual_seed(1234)
-    model = NanoDeepseekOCR(get_preset("tiny", vocab_size=tokenizer.vocab_size)).init_weights()
-    # nanochat zero-inits the head: every logit would be equal and the output would not depend on the image
-    torch.nn.init.normal_(model.gpt.lm_head.weight, std=0.3)
+    model = tiny_model(1234, tokenizer.image_id, vocab_size=tokenizer.vocab_size)
     torch.random.set_rng_state(state)
-    model.image_token_id = tokenizer.image_id
     return save_model(model, tmp_path_factory.mktemp("models") / "tiny", tokenizer=tokenizer, meta={"preset": "tiny"})
 
 

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import byte_tokenizer
+from conftest import byte_tokenizer, tiny_model
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -23,11 +23,7 @@ IMG = 7
 
 
 def tiny(seed=0, **gpt):
-    torch.manual_seed(seed)
-    m = NanoDeepseekOCR(get_preset("tiny", **gpt)).init_weights()
-    torch.nn.init.normal_(m.gpt.lm_head.weight, std=0.3)  # zero-init head would make every logit equal
-    m.image_token_id = IMG
-    return m
+    return tiny_model(seed, IMG, **gpt)
 
 
 def batch(cfg):

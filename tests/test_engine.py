@@ -5,12 +5,11 @@ import random
 
 import pytest
 import torch
+from conftest import tiny_model
 from PIL import Image
 
 from nanoocr.engine import Engine, ngram_ban_mask, sample
 from nanoocr.image import collate_views, make_views, num_image_tokens
-from nanoocr.model import NanoDeepseekOCR
-from nanoocr.presets import get_preset
 
 IMG = 7  # <|image|> id for these tests
 N_NEW = 24
@@ -27,14 +26,11 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = NanoDeepseekOCR(get_preset("tiny")).init_weights()
-    # nanochat zero-inits the head and the output projections: the outputs would not depend on context
-    torch.nn.init.normal_(m.gpt.lm_head.weight, std=0.5)
+    m = tiny_model(0, IMG, head_std=0.5)
+    # nanochat zero-inits the output projections too: the outputs would not depend on context
     for name, p in m.gpt.named_parameters():
         if name.endswith("c_proj.weight"):
             torch.nn.init.normal_(p, std=0.2)
-    m.image_token_id = IMG
     return m.eval()
 
 

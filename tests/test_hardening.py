@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
@@ -64,10 +65,8 @@ WRONG_SHAPE = ['42', '{"messages": "hello"}', '{"image": "good.png", "text": 5}'
 
 
 def tiny_run(tokenizer, man, out, steps, resume=None):
-    cfg = get_preset("tiny", vocab_size=tokenizer.vocab_size)
-    torch.manual_seed(0)
-    model = NanoDeepseekOCR(cfg).init_weights()
-    model.image_token_id = tokenizer.image_id
+    model = tiny_model(0, tokenizer.image_id, head_std=0, vocab_size=tokenizer.vocab_size)
+    cfg = model.config
     ds = OCRDataset(Mixture([JsonlSource(man)]), tokenizer, cfg, DataConfig("tiny", 128))
     tc = TrainConfig(steps=steps, batch_size=2, save_every=1, eval_every=1000, workers=0, warmup_ratio=0.0,
                      out_dir=str(out))

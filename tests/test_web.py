@@ -208,6 +208,7 @@ def chrome(tmp_path):
     return webdriver.Chrome(service=Service(driver_path), options=opts)
 
 
+@pytest.mark.slow
 def test_browser_upload(live_server, tmp_path):
     driver = chrome(tmp_path)
     from selenium.webdriver.common.by import By

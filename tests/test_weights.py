@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 
-from conftest import byte_tokenizer  # noqa: E402
+from conftest import byte_tokenizer, tiny_model  # noqa: E402
 
 from nanoocr import weights as W  # noqa: E402
 from nanoocr.checkpoint import CheckpointError, load_model  # noqa: E402
@@ -266,8 +266,7 @@ def test_nanochat_bad_inputs(tmp_path):
 
 
 def _tiny_model(seed):
-    torch.manual_seed(seed)
-    return NanoDeepseekOCR(get_preset("tiny")).init_weights().eval()
+    return tiny_model(seed, head_std=0).eval()
 
 
 def _views(cfg):
