@@ -13,6 +13,16 @@ def _corpus():
     return iter(topics.values())
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module: a tiny model is all overhead, and one thread does not stall on a busy
+    machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from nanoocr.tokenizer import Tokenizer

@@ -15,13 +15,7 @@ IMG = 7  # <|image|> id for these tests
 N_NEW = 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the tiny model is all overhead: one thread is faster and does not stall on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

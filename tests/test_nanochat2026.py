@@ -29,12 +29,7 @@ NC = dict(sequence_len=256, vocab_size=200, n_layer=4, n_head=4, n_kv_head=2, n_
 T_LONG = 300  # past both window sizes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------
