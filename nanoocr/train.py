@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nanoocr import checkpoint as ck
-from nanoocr.common import all_gather, all_mean, all_sum, autocast_ctx, peak_flops, teardown_dist
+from nanoocr.common import all_gather, all_mean, all_sum, autocast_ctx, peak_flops, print0, teardown_dist
 from nanoocr.data import SkipLog, make_loader
 from nanoocr.model import PARTS, part_of
 
@@ -484,8 +484,7 @@ def resume_training(resume, model, optimizer, skips, d):
     step, extra = ck.load_training_state(resume, model, optimizer)
     ck.set_rng_state(extra["rng"][d.rank] if isinstance(extra.get("rng"), list) else extra["rng"])
     skips.counts.update(extra.get("skips", {}).get("by_reason", {}))
-    if d.master:
-        print(f"resumed from {resume} at step {step}")
+    print0(f"resumed from {resume} at step {step}")
     return step
 
 
@@ -617,10 +616,9 @@ def run_phase(args, model, tokenizer, phase, d):
         torch.set_num_threads(args.threads)
     trainable = apply_freeze(model, parse_policy(args.train))
     summary = param_summary(model)
-    if d.master:
-        print(f"{phase}: training {len(trainable)} tensors")
-        for part, c in summary.items():
-            print(f"  {part:11s} trainable {c['trainable'] / 1e6:9.3f}M  frozen {c['frozen'] / 1e6:9.3f}M")
+    print0(f"{phase}: training {len(trainable)} tensors")
+    for part, c in summary.items():
+        print0(f"  {part:11s} trainable {c['trainable'] / 1e6:9.3f}M  frozen {c['frozen'] / 1e6:9.3f}M")
     train_ds, val_ds, find_unused = build_datasets(args, model, tokenizer)
     out = Path(args.out)
     resume = out / "ckpt" if args.resume else None
