@@ -18,7 +18,7 @@ attention estimate as if everything trained:
     3 * (2 * sum(weights * positions they see) + sum over attention layers(4 * dim * queries * keys))
 positions: SAM (S/p)^2, net_2 (S/2p)^2, net_3 and projector g^2, CLIP g^2+1, decoder B*T; keys: SAM window^2
 (all patches in global blocks), CLIP g^2+1, decoder T (full, as nanochat's 12*L*d*T).
-MFU = flops / step time / train.peak_flops(device); that peak is unknown on CPU unless NANOOCR_PEAK_FLOPS is
+MFU = flops / step time / common.peak_flops(device); that peak is unknown on CPU unless NANOOCR_PEAK_FLOPS is
 set, and then `mfu` is null. Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the process's peak
 RSS (ru_maxrss), a lifetime high-water mark that cannot be reset between measurements.
 """
@@ -33,24 +33,26 @@ import socket
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from PIL import Image
 
+from nanoocr.checkpoint import load_model
+from nanoocr.common import DTYPES, autocast_ctx, autocast_dtype, peak_flops, pick_device
 from nanoocr.data import DataConfig, Mixture, OCRDataset, SynthSource, make_loader
-from nanoocr.image import MODES, ViewBatch, choose_tiles, collate_views, make_views
-from nanoocr.model import NanoDeepseekOCR
+from nanoocr.image import MODES, ViewBatch, choose_tiles, collate_views, grid_side, make_views
+from nanoocr.inputs import load_image
+from nanoocr.model import build_model
 from nanoocr.presets import get_preset
 from nanoocr.reader import Reader
 from nanoocr.synth import SynthConfig, corpus, generate
 from nanoocr.tokenizer import Tokenizer
-from nanoocr.train import TrainConfig, apply_freeze, build_optimizer, parse_policy, peak_flops, step_flops, to_device
+from nanoocr.train import TrainConfig, apply_freeze, build_optimizer, parse_policy, step_flops, to_device
 
 SECTIONS = ("encoder", "train", "data", "generate", "e2e")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # the defaults; --smoke swaps in the second value of each pair
 DEFAULTS = {"preset": ("cpu", "tiny"), "repeats": (5, 1), "warmup": (1, 1), "new_tokens": (256, 12), "threads": (0, 1),
             "modes": ("tiny,small,base,large,gundam", "tiny,base,gundam"), "mode": ("base", "base")}
@@ -93,7 +95,7 @@ def resolve(args):
         if getattr(args, k) is None:
             setattr(args, k, smoke if args.smoke else normal)
     if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        args.device = pick_device()
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     if args.batch_sizes is None:
         args.batch_sizes = "1,2" if args.smoke else ("1,8,32" if args.device.startswith("cuda") else "1,8")
@@ -126,10 +128,6 @@ def timeit(fn, args, dev):
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def autocast(dev, dtype):
-    return contextlib.nullcontext() if dtype == "fp32" else torch.autocast(dev.type, dtype=DTYPES[dtype])
 
 
 class Recorder:
@@ -196,19 +194,12 @@ def build(args, dev):
     """-> (model on dev, tokenizer). A fresh preset gets a quickly trained small tokenizer; the decoder keeps
     the preset's vocab size so the head costs what it would (unused rows are harmless)."""
     if args.model:
-        from nanoocr.checkpoint import load_model
-        model, tok, _ = load_model(args.model)
-        if tok is None:
-            raise SystemExit(f"{args.model}: model folder has no tokenizer")
+        model, tok, _ = load_model(args.model, need_tokenizer=True)
         return model.to(dev), tok
     cfg = get_preset(args.preset)
     tok = Tokenizer.train(corpus()["train"].paragraphs[:2000], min(cfg.gpt.vocab_size, 1024))
     cfg.gpt.vocab_size = max(cfg.gpt.vocab_size, tok.vocab_size)
-    torch.manual_seed(0)
-    with torch.device(dev):  # built where it runs: d20 is 962M parameters
-        model = NanoDeepseekOCR(cfg).init_weights()
-    model.image_token_id = tok.image_id
-    return model, tok
+    return build_model(cfg, tok, seed=0, device=dev), tok
 
 
 def dataset(model, tok, args):
@@ -242,8 +233,7 @@ def analytic_flops(model, batch):
     fwd = 0
     for x in (batch["views"].global_views, batch["views"].crops):
         side = x.shape[-1] // c.sam.patch_size
-        P, s2 = side * side, math.ceil(side / 2)
-        g = math.ceil(s2 / 2)
+        P, s2, g = side * side, math.ceil(side / 2), grid_side(x.shape[-1], c.sam.patch_size)  # after net_2, net_3
         f = 2 * P * (weights(sam.patch_embed) + weights(sam.blocks) + weights(sam.neck))
         f += sum(4 * c.sam.dim * P * (blk.window_size ** 2 or P) for blk in sam.blocks)
         f += 2 * (s2 * s2 * weights(sam.net_2) + g * g * weights(sam.net_3) + g * g * weights(model.projector))
@@ -256,13 +246,25 @@ def analytic_flops(model, batch):
 
 
 # ----------------------------------------------------------------------------- sections
-# Each *_once function is one measurement -> dict; the loops hand them to Recorder.attempt via partial.
+# Each bench_* section reads what it needs from one Bench; each *_once function is one measurement -> dict,
+# handed to Recorder.attempt via partial.
+
+
+@dataclass
+class Bench:
+    model: nn.Module
+    tok: Tokenizer
+    args: object  # the resolved settings
+    dev: torch.device
+    rec: "Recorder"
+    train_rates: dict = field(default_factory=dict)  # (phase, batch) -> samples/s: measured by train, read by data
+
 
 def encoder_once(model, views, pas, args, dev):
     n_views = len(views) + views.crops.shape[0]
 
     def run():
-        with torch.set_grad_enabled(pas != "forward"), autocast(dev, args.dtype):
+        with torch.set_grad_enabled(pas != "forward"), autocast_ctx(dev, args.dtype):
             out = model.encode_images(views)
         if pas != "forward":
             torch.cat(out).float().square().mean().backward()
@@ -271,18 +273,19 @@ def encoder_once(model, views, pas, args, dev):
     return {"views": n_views, "ms": 1e3 * t, "ms_per_view": 1e3 * t / n_views, "views_s": n_views / t}
 
 
-def bench_encoder(model, tok, args, dev, rec, rates):
+def bench_encoder(b):
+    model, args, dev = b.model, b.args, b.dev
     if args.compile:  # an instance attribute shadows the method: encode_images calls the compiled one
         model.encode_views = torch.compile(model.encode_views)
     for mode in args.modes:
-        for b in args.batch_sizes:
-            views = random_views(model.config, mode, b).to(dev)
+        for n in args.batch_sizes:
+            views = random_views(model.config, mode, n).to(dev)
             for pas in args.passes:
                 if pas != "forward":  # align: backward through compressor+projector (and CLIP's inputs) only
                     apply_freeze(model, parse_policy(pas))
                 base = {"kind": "encoder", "mode": mode, "pass": "forward" if pas == "forward" else "fwd+bwd",
-                        "policy": None if pas == "forward" else pas, "batch": b, "size": views.global_views.shape[-1]}
-                rec.attempt(base, partial(encoder_once, model, views, pas, args, dev))
+                        "policy": None if pas == "forward" else pas, "batch": n, "size": views.global_views.shape[-1]}
+                b.rec.attempt(base, partial(encoder_once, model, views, pas, args, dev))
     if args.compile:
         del model.encode_views
 
@@ -292,7 +295,7 @@ def train_once(model, fwd, opt, batch, args, dev):
     n_tok = int((batch["targets"] >= 0).sum())
 
     def step():
-        with autocast(dev, args.dtype):
+        with autocast_ctx(dev, args.dtype):
             loss = fwd(batch["inputs"], batch["targets"], views=batch["views"], loss_reduction="sum")
         (loss / n_tok).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -310,18 +313,19 @@ def train_once(model, fwd, opt, batch, args, dev):
             "mfu": flops / t / peak if peak else None, "peak_mem_mb": mem, "peak_mem_kind": mem_kind}
 
 
-def bench_train(model, tok, args, dev, rec, rates):
-    ds = dataset(model, tok, args)
+def bench_train(b):
+    model, args, dev = b.model, b.args, b.dev
+    ds = dataset(model, b.tok, args)
     fwd = torch.compile(model) if args.compile else model
     model.train()
     for phase, policy in (("phase1", "align"), ("phase2", "finetune")):
         apply_freeze(model, parse_policy(policy))
         opt = build_optimizer(model, TrainConfig(lr=1e-6), dev)  # a tiny lr: the weights hardly move
-        for b in args.batch_sizes:
-            batch = to_device(first_batch(ds, b), dev)  # one fixed batch: same cost every repeat
-            base = {"kind": "train", "phase": phase, "policy": policy, "mode": args.mode, "batch": b}
-            r = rec.attempt(base, partial(train_once, model, fwd, opt, batch, args, dev))
-            rates[(phase, b)] = r.get("samples_s")
+        for n in args.batch_sizes:
+            batch = to_device(first_batch(ds, n), dev)  # one fixed batch: same cost every repeat
+            base = {"kind": "train", "phase": phase, "policy": policy, "mode": args.mode, "batch": n}
+            r = b.rec.attempt(base, partial(train_once, model, fwd, opt, batch, args, dev))
+            b.train_rates[(phase, n)] = r.get("samples_s")
         opt = None  # frees the optimiser state before the next phase builds its own
     model.zero_grad(set_to_none=True)
     model.eval()
@@ -343,11 +347,12 @@ def loader_once(ds, b, args, dev, rates):
     return out
 
 
-def bench_data(model, tok, args, dev, rec, rates):
-    ds = dataset(model, tok, args)
-    for b in args.batch_sizes:
-        base = {"kind": "data", "mode": args.mode, "batch": b, "workers": args.workers}
-        rec.attempt(base, partial(loader_once, ds, b, args, dev, rates))
+def bench_data(b):
+    args = b.args
+    ds = dataset(b.model, b.tok, args)
+    for n in args.batch_sizes:
+        base = {"kind": "data", "mode": args.mode, "batch": n, "workers": args.workers}
+        b.rec.attempt(base, partial(loader_once, ds, n, args, b.dev, b.train_rates))
 
 
 def pages(n):
@@ -356,10 +361,10 @@ def pages(n):
     return [generate(i, cfg).image for i in range(n)]
 
 
-def bench_reader(model, tok, args, dev):
+def bench_reader(b):
     """A Reader that generates exactly new_tokens per page: random weights would stop anywhere."""
-    reader = Reader(model, tok, device=str(dev), mode=args.mode, max_new_tokens=args.new_tokens)
-    reader.engine.autocast_dtype = None if args.dtype == "fp32" else DTYPES[args.dtype]
+    reader = Reader(b.model, b.tok, device=str(b.dev), mode=b.args.mode, max_new_tokens=b.args.new_tokens)
+    reader.engine.autocast_dtype = autocast_dtype(b.dev, b.args.dtype)
     reader.stop = []
     return reader
 
@@ -378,38 +383,36 @@ def generate_once(engine, prompts, views, args, dev):
             "cached_ms": 1e3 * tn, "uncached_ms": 1e3 * tu, "kv_speedup": tu / tn}
 
 
-def bench_generate(model, tok, args, dev, rec, rates):
-    reader = bench_reader(model, tok, args, dev)
+def bench_generate(b):
+    args = b.args
+    reader = bench_reader(b)
     page = pages(1)[0]
     prompt = reader.prompt_ids(page)
-    for b in args.batch_sizes:
-        views = collate_views([make_views(page, args.mode, model.config)] * b)
-        base = {"kind": "generate", "mode": args.mode, "batch": b, "prompt_len": len(prompt)}
-        rec.attempt(base, partial(generate_once, reader.engine, [prompt] * b, views, args, dev))
+    for n in args.batch_sizes:
+        views = collate_views([make_views(page, args.mode, b.model.config)] * n)
+        base = {"kind": "generate", "mode": args.mode, "batch": n, "prompt_len": len(prompt)}
+        b.rec.attempt(base, partial(generate_once, reader.engine, [prompt] * n, views, args, b.dev))
 
 
 def e2e_once(reader, paths, args, dev):
     def read():
-        images = []
-        for p in paths:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
-        return reader.read(images)
+        return reader.read([load_image(p, name=str(p)) for p in paths])  # decoded as ocr and serve decode
     t, b = timeit(read, args, dev), len(paths)
     return {"new_tokens": args.new_tokens, "s": t, "pages_s": b / t, "tokens_s": b * args.new_tokens / t}
 
 
-def bench_e2e(model, tok, args, dev, rec, rates):
+def bench_e2e(b):
+    args = b.args
     sizes = (1, 2) if args.smoke else (1, 8)
-    reader = bench_reader(model, tok, args, dev)
+    reader = bench_reader(b)
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for i, im in enumerate(pages(max(sizes))):
             paths.append(Path(tmp) / f"page{i}.png")
             im.save(paths[-1])
-        for b in sizes:
-            base = {"kind": "e2e", "mode": args.mode, "batch": b}
-            rec.attempt(base, partial(e2e_once, reader, paths[:b], args, dev))
+        for n in sizes:
+            base = {"kind": "e2e", "mode": args.mode, "batch": n}
+            b.rec.attempt(base, partial(e2e_once, reader, paths[:n], args, b.dev))
 
 
 # ----------------------------------------------------------------------------- main
@@ -440,9 +443,9 @@ def main(args):
           f"{args.dtype}{', compiled' if args.compile else ''}; records -> {out}", flush=True)
     sections = {"encoder": bench_encoder, "train": bench_train, "data": bench_data, "generate": bench_generate,
                 "e2e": bench_e2e}
-    rates = {}  # (phase, batch) -> training samples/s: filled by train, read by data
+    bench = Bench(model, tok, args, dev, rec)
     for name in (s for s in SECTIONS if s in args.only):
-        sections[name](model, tok, args, dev, rec, rates)
+        sections[name](bench)
     rec.f.close()
     print_table(rec.records)
     print(f"\nwrote {len(rec.records)} records to {out}")

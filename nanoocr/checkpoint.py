@@ -5,30 +5,39 @@ Our own checkpoint formats. No pickle anywhere: tensors go to safetensors, every
   training state   {dir}/latest.json -> {dir}/step_NNNNNN/ model.safetensors, optim.safetensors, state.json
   deepencoder      one safetensors file: SAM + compressor + CLIP + projector (the Phase 1 -> Phase 2 handoff)
 
-Every write is atomic (temp file or temp folder, then a rename), so a crash mid-save leaves the previous
-checkpoint intact. Every read is strict: a missing or unexpected key, a wrong shape, a truncated file or a
-corrupt config is an error that names the file, the key and the shapes.
+Every write is atomic and every read strict (fileio.py): a crash mid-save leaves the previous checkpoint
+intact, and a missing or unexpected key, a wrong shape, a truncated file or a corrupt config is an error
+that names the file, the key and the shapes.
 """
 
 import base64
-import contextlib
-import glob
 import json
-import os
 import random
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
+from nanoocr.fileio import (
+    CheckpointError,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_state_dict,
+    clean_stale,
+    json_bytes,
+    read_json,
+    read_safetensors,
+    replace_dir,
+    resolve_dir,
+    temp_dir_for,
+    write_safetensors,
+)
 from nanoocr.model import NanoDeepseekOCR, part_of
 from nanoocr.presets import OCRConfig
+from nanoocr.tokenizer import Tokenizer
 
 MODEL_FORMAT = "nanoocr-model-v1"
 TRAIN_FORMAT = "nanoocr-train-v1"
@@ -36,218 +45,9 @@ DEEPENCODER_FORMAT = "nanoocr-deepencoder-v1"
 DEEPENCODER_PARTS = ("sam", "compressor", "clip", "projector")  # everything but the decoder
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that is unreadable or does not fit the model; the message names the file."""
-
-
-# ----------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def _fsync_dir(path):
-    # the rename itself must reach the disk too, or a crash can undo it
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yields a temp path next to `path`; when the block succeeds it replaces `path` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path, data):
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_json(path, obj):
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # alive but not ours
-        return True
-    return True
-
-
-def _clean_stale(dest):
-    """Remove what a save killed mid-way (kill -9, power loss) left next to `dest`: .tmp-PID-* and
-    .old-PID copies of processes that are gone (a full model each). If the kill came between the two
-    renames of _replace_dir, `dest` is missing and its complete previous version is put back first."""
-    dest = Path(dest)
-    if not dest.parent.is_dir():
-        return
-    for p in sorted(dest.parent.glob(f".{glob.escape(dest.name)}.*")):
-        m = re.fullmatch(rf"\.{re.escape(dest.name)}\.(old|tmp)-(\d+)(-.*)?", p.name)
-        if not m or _pid_alive(int(m.group(2))):
-            continue
-        if m.group(1) == "old" and not dest.exists():
-            os.replace(p, dest)
-        else:
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _replace_dir(tmp, dest):
-    """Move the finished folder `tmp` to `dest`. Linux cannot swap two folders in one step, so the old one
-    is renamed aside first: a crash in between leaves both complete folders on disk, never a mixed one."""
-    tmp, dest = Path(tmp), Path(dest)
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _temp_dir_for(dest):
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(dest)
-    # the pid in the name tells a later save whether its writer is gone (then it is garbage)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
-    os.chmod(tmp, 0o755)
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was renamed into place
-
-
-# ----------------------------------------------------------------------------------------------
-# reading, with errors that name the file
-
-
-def _fmt_keys(keys, limit=12):
-    keys = sorted(keys)
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def read_json(path, what="JSON file"):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (expected the {what})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt {what}: {e}") from None
-
-
-def read_safetensors(path, device="cpu", keys=None):
-    """{name: tensor} of a safetensors file (only `keys` when given), and its metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            names = list(f.keys()) if keys is None else [k for k in f.keys() if k in keys]
-            return {k: f.get_tensor(k) for k in names}, (f.metadata() or {})
-    except Exception as e:  # SafetensorError for truncated/corrupt files, OSError for unreadable ones
-        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") \
-            from None
-
-
-def check_state_dict(expected, got, source):
-    """Strict key and shape check: expected/got map names to tensors or shapes; raises naming the file."""
-    shape = lambda v: tuple(v.shape) if hasattr(v, "shape") else tuple(v)
-    missing, unexpected = set(expected) - set(got), set(got) - set(expected)
-    errors = []
-    if missing:
-        errors.append(f"missing {len(missing)} key(s): {_fmt_keys(missing)}")
-    if unexpected:
-        errors.append(f"unexpected {len(unexpected)} key(s): {_fmt_keys(unexpected)}")
-    for k in sorted(set(expected) & set(got)):
-        if shape(expected[k]) != shape(got[k]):
-            errors.append(f"{k}: shape {shape(got[k])} in the file but {shape(expected[k])} in the model")
-    if errors:
-        raise CheckpointError(f"{source}: " + "; ".join(errors))
-
-
-def _tensors_for_save(state):
-    """Contiguous CPU tensors, none sharing storage (safetensors refuses shared memory)."""
-    out, seen = {}, set()
-    for k, t in state.items():
-        t = t.detach().cpu()
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen or not t.is_contiguous():
-            t = t.clone(memory_format=torch.contiguous_format)
-        seen.add(t.untyped_storage().data_ptr())
-        out[k] = t
-    return out
-
-
-def write_safetensors(path, tensors, metadata=None):
-    with atomic_path(path) as tmp:
-        meta = {k: str(v) for k, v in (metadata or {}).items()}
-        save_file(_tensors_for_save(tensors), str(tmp), metadata=meta)
-
-
 def _unwrap(model):
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
-
-
-# ----------------------------------------------------------------------------------------------
-# Hugging Face repo ids instead of local folders
-
-HUB_PREFIX = "hf:"  # the one form that may reach the network: hf:org/name
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def resolve_dir(path, what, allow_patterns=None):
-    """A local path as is (it may not exist: the caller says "no such folder"); "hf:org/name" is fetched
-    with huggingface_hub when that is installed and online. Only the explicit hf: form reaches the network,
-    so a mistyped local path such as models/d20 is never looked up as a repo. Any failure says how to pass
-    a local folder instead."""
-    if not str(path).startswith(HUB_PREFIX):
-        return Path(path).expanduser()
-    path = str(path)[len(HUB_PREFIX):]
-    if not _REPO_ID.match(path):
-        raise FileNotFoundError(f"{HUB_PREFIX}{path}: not a Hugging Face repo id (expected hf:org/name)")
-    name = f"{HUB_PREFIX}{path}"
-    hint = (f"Pass a local folder instead: download it where you have network access (for example "
-            f"`hf download {path} --local-dir DIR`) and give DIR.")
-    try:
-        from huggingface_hub import constants, snapshot_download
-    except ImportError:
-        raise FileNotFoundError(f"{name}: cannot fetch the {what}: huggingface_hub is not installed. "
-                                f"{hint}") from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if offline or getattr(constants, "HF_HUB_OFFLINE", False):
-        raise FileNotFoundError(f"{name}: cannot fetch the {what}: the Hugging Face Hub is offline "
-                                f"(HF_HUB_OFFLINE). {hint}")
-    try:
-        return Path(snapshot_download(path, allow_patterns=allow_patterns))
-    except Exception as e:
-        raise FileNotFoundError(f"{name}: fetching the {what} from the Hugging Face Hub failed "
-                                f"({type(e).__name__}: {e}). {hint}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,18 +71,15 @@ def save_model(model, out_dir, tokenizer=None, meta=None):
                              f"{model.config.gpt.vocab_size} embedding rows")
     config = {"format": MODEL_FORMAT, "config": model.config.to_dict(), "image_token_id": image_id,
               "meta": meta or {}}
-    try:
-        config_bytes = (json.dumps(config, indent=2) + "\n").encode()
-    except TypeError as e:
-        raise TypeError(f"save_model: meta must be JSON-serialisable ({e})") from None
-    with _temp_dir_for(out) as tmp:
+    config_bytes = json_bytes(config, "save_model: meta")
+    with temp_dir_for(out) as tmp:
         write_safetensors(tmp / "model.safetensors", model.state_dict(), {"format": MODEL_FORMAT})
         if tokenizer is not None:
             tokenizer.save(str(tmp))
             if not (tmp / "tokenizer.json").is_file():
                 raise RuntimeError(f"{type(tokenizer).__name__}.save wrote no tokenizer.json")
         atomic_write_bytes(tmp / "config.json", config_bytes)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     return out
 
 
@@ -296,8 +93,9 @@ def _fill_buffers(model, device):
         raise RuntimeError(f"load_model: cannot rebuild the buffer(s) {left}; teach checkpoint._fill_buffers")
 
 
-def load_model(model_dir, device="cpu", dtype=None):
-    """(model, tokenizer or None, meta) from a folder written by save_model (or an HF repo id holding one)."""
+def load_model(model_dir, device="cpu", dtype=None, need_tokenizer=False):
+    """(model, tokenizer or None, meta) from a folder written by save_model (or an HF repo id holding one).
+    need_tokenizer: a folder without tokenizer.json is an error (whoever reads or trains needs one)."""
     d = resolve_dir(model_dir, "model folder")
     expect = "a model folder with config.json and model.safetensors (written by save_model or import-weights)"
     if not d.is_dir():
@@ -325,8 +123,9 @@ def load_model(model_dir, device="cpu", dtype=None):
     _fill_buffers(model, device)
     model.image_token_id = doc.get("image_token_id")
     tokenizer = None
+    if need_tokenizer and not (d / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{d}: the model folder has no tokenizer.json")
     if (d / "tokenizer.json").is_file():
-        from nanoocr.tokenizer import Tokenizer
         tokenizer = Tokenizer.from_directory(str(d))
         if tokenizer.vocab_size > cfg.gpt.vocab_size:
             raise CheckpointError(f"{d / 'tokenizer.json'}: {tokenizer.vocab_size} tokens but {weights} has "
@@ -442,7 +241,7 @@ def save_training_state(path_dir, step, model, optimizer, extra=None, keep=2):
     root = Path(path_dir)
     root.mkdir(parents=True, exist_ok=True)
     for name in {m.group(1) for p in root.glob(".step_*") if (m := re.match(r"\.(step_\d+)\.", p.name))}:
-        _clean_stale(root / name)  # copies left by a save that was killed
+        clean_stale(root / name)  # copies left by a save that was killed
     final = _step_dir(root, step)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
@@ -456,13 +255,13 @@ def save_training_state(path_dir, step, model, optimizer, extra=None, keep=2):
                             "param_shapes": shapes}
         write_safetensors(tmp / "optim.safetensors", tensors, {"format": TRAIN_FORMAT})
     try:
-        state_bytes = (json.dumps(doc, indent=2) + "\n").encode()
-    except TypeError as e:
+        state_bytes = json_bytes(doc, "save_training_state: extra")
+    except TypeError:
         shutil.rmtree(tmp)
-        raise TypeError(f"save_training_state: extra must be JSON-serialisable ({e})") from None
+        raise
     write_safetensors(tmp / "model.safetensors", model.state_dict(), {"format": TRAIN_FORMAT})
     atomic_write_bytes(tmp / "state.json", state_bytes)
-    _replace_dir(tmp, final)
+    replace_dir(tmp, final)
     atomic_write_json(root / "latest.json", {"step": int(step), "dir": final.name})
     steps = sorted((p for p in root.glob("step_*") if p.is_dir() and re.fullmatch(r"step_\d+", p.name)),
                    key=lambda p: int(p.name[5:]))

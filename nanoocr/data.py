@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nanoocr.image import collate_views, grid_side, make_views, num_image_tokens, view_geometry
+from nanoocr.image import cell_px, collate_views, make_views, num_image_tokens, token_grids, view_geometry
 from nanoocr.prompts import prompt_text
 
 
@@ -321,8 +321,8 @@ def glyph_targets(glyphs, size, mode, cfg, char_id):
     loss) for cells holding several centres, cells of padding, and the newline/separator tokens."""
     if mode == "gundam":
         raise ValueError("glyph labels: gundam's local crops are not labelled; use base, large, tiny or small")
-    g = grid_side(cfg.sizes[mode], cfg.sam.patch_size)
-    cell = 4 * cfg.sam.patch_size  # px of view per vision token (patch conv, then two stride-2 convs)
+    (g, _), = token_grids(*size, mode, cfg)
+    cell = cell_px(cfg)
     sx, sy, ox, oy = view_geometry(*size, mode, cfg)
     cells = np.full((g, g), -1, dtype=np.int64)
     x0, y0, x1, y1 = (math.floor(v / cell) for v in (ox, oy, ox + size[0] * sx - 1, oy + size[1] * sy - 1))

@@ -4,10 +4,11 @@ through one prefill into a KV cache, then every step feeds one token per row; ro
 batch. Tokenizer-free: prompts come in as ids (with their <|image|> runs expanded), ids come out.
 """
 
-import contextlib
+from dataclasses import dataclass
 
 import torch
 
+from nanoocr import common
 from nanoocr.gpt import KVCache
 
 PAD_ID = 0  # fills the left padding; those positions are masked out, so the id never matters
@@ -101,14 +102,11 @@ class Engine:
     def __init__(self, model, device=None, autocast_dtype=None):
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device)
-        if autocast_dtype is None and self.device.type == "cuda":
-            autocast_dtype = torch.bfloat16
-        self.autocast_dtype = None if autocast_dtype == torch.float32 else autocast_dtype
+        # None: the device's default (bf16 on CUDA, fp32 on CPU); afterwards None means no autocast
+        self.autocast_dtype = common.autocast_dtype(self.device, "auto" if autocast_dtype is None else autocast_dtype)
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return common.autocast_ctx(self.device.type, self.autocast_dtype)
 
     def _prompt_embeds(self, prompts, views):
         """Left-padded prompts -> the decoder's ids (B, T) (-1 at vision tokens), the merged input
@@ -127,74 +125,101 @@ class Engine:
             vision = self.model.encode_images(views.to(self.device, dtype))  # the one vision pass
         return self.model.decoder_ids(idx, vision), self.model.embed(idx, vision), pad
 
-    @torch.inference_mode()
-    def generate(self, prompts, views=None, max_new_tokens=256, stop_ids=(), temperature=0.0, top_k=None,
-                 seed=None, ngram_size=0, ngram_window=90, ngram_whitelist=(), banned_ids=(), stream=None,
-                 use_cache=True):
-        """prompts: B lists of ids with the <|image|> runs expanded; views: the images of all rows in row
-        order (None: text only). Returns B lists of generated ids, stop token excluded, in input order.
-        stream(row, id) is called for each kept token as it is produced."""
+    def generate(self, prompts, views=None, max_new_tokens=256, **kw):
+        """All of generate_steps at once: B lists of generated ids, stop token excluded, in input order."""
         out = [[] for _ in prompts]
-        if not prompts or max_new_tokens <= 0:
-            return out
-        gpt, dev = self.model.gpt, self.device
-        T = max(len(p) for p in prompts)
-        if T + max_new_tokens - 1 > gpt.cos.shape[0]:
-            raise ValueError(f"{T} prompt + {max_new_tokens} new tokens exceed the model's "
-                             f"{gpt.cos.shape[0]} rotary positions")
-        stop = set(stop_ids)
-        banned = torch.tensor(sorted(set(banned_ids)), dtype=torch.long, device=dev)
-        whitelist = torch.tensor(sorted(set(ngram_whitelist)), dtype=torch.long, device=dev)
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=dev).manual_seed(seed)
-        # each row's generated ids, for the n-gram guard; all live rows have the same length t
-        hist = None
-        if ngram_size > 0:
-            hist = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long, device=dev)
-        active = list(range(len(prompts)))  # batch position -> input row
-        with self._autocast():
-            ids, embeds, pad = self._prompt_embeds(prompts, views)
-            dtype = self.autocast_dtype or embeds.dtype
-            runner = (_Cached if use_cache else _Uncached)(gpt, ids, embeds, pad, max_new_tokens, dtype)
-            logits = runner.first()  # (B, V)
-            for t in range(max_new_tokens):
-                if banned.numel():
-                    logits.index_fill_(1, banned, float("-inf"))
-                if hist is not None:  # only the last `window` tokens can hold a gram to ban
-                    w0 = max(0, t - ngram_window)
-                    ban = ngram_ban_mask(hist[:, w0:t], t - w0, ngram_size, ngram_window, logits.shape[-1],
-                                         whitelist)
-                    logits.masked_fill_(ban, float("-inf"))
-                tok = sample(logits, temperature, top_k, gen)  # (B,)
-                if hist is not None:
-                    hist[:, t] = tok
-                ids = tok.tolist()  # the one host sync per step
-                keep = _record(ids, active, out, stop, stream, more=t + 1 < max_new_tokens)
-                if not keep:
-                    break
-                if len(keep) < len(active):  # finished rows leave the batch
-                    rows = torch.tensor(keep, device=dev)
-                    active = [active[j] for j in keep]
-                    tok = tok[rows]
-                    hist = hist[rows] if hist is not None else None
-                    runner.select(rows, keep)
-                logits = runner.next(tok)
+        for step in self.generate_steps(prompts, views, max_new_tokens, **kw):
+            for row, token in step:
+                out[row].append(token)
         return out
 
+    def generate_steps(self, prompts, views=None, max_new_tokens=256, stop_ids=(), use_cache=True, **sampling):
+        """prompts: B lists of ids with the <|image|> runs expanded; views: the images of all rows in row
+        order (None: text only); sampling: the Sampling fields. Yields, each step, the [(row, id), ...] of
+        the tokens that step added (a row's stop token is not added; that row then leaves the batch).
+        A caller stops generation by breaking out of its loop, as with nanochat's engine."""
+        sampling = Sampling(**sampling)
+        if not prompts or max_new_tokens <= 0:
+            return
+        T = max(len(p) for p in prompts)
+        if T + max_new_tokens - 1 > self.model.gpt.cos.shape[0]:
+            raise ValueError(f"{T} prompt + {max_new_tokens} new tokens exceed the model's "
+                             f"{self.model.gpt.cos.shape[0]} rotary positions")
+        yield from self._steps(prompts, views, max_new_tokens, set(stop_ids), use_cache, sampling)
 
-def _record(ids, active, out, stop, stream, more):
-    """Append this step's ids to their rows; returns the batch positions that go on."""
-    keep = []
-    for j, i in enumerate(ids):
-        if i in stop:
-            continue
-        out[active[j]].append(i)
-        if stream is not None:
-            stream(active[j], i)
-        if more:
-            keep.append(j)
-    return keep
+    @torch.inference_mode()
+    def _steps(self, prompts, views, max_new_tokens, stop, use_cache, sampling):
+        dev = self.device
+        pick = sampling.picker(len(prompts), max_new_tokens, dev)
+        active = list(range(len(prompts)))  # batch position -> input row
+        with self._autocast():  # entered per step: the caller's code between steps runs without it
+            ids, embeds, pad = self._prompt_embeds(prompts, views)
+            dtype = self.autocast_dtype or embeds.dtype
+            runner = (_Cached if use_cache else _Uncached)(self.model.gpt, ids, embeds, pad, max_new_tokens, dtype)
+            logits = runner.first()  # (B, V)
+        for t in range(max_new_tokens):
+            with self._autocast():
+                tok = pick(logits, t)  # (B,)
+            ids = tok.tolist()  # the one host sync per step
+            keep = [j for j, i in enumerate(ids) if i not in stop] if t + 1 < max_new_tokens else []
+            yield [(active[j], i) for j, i in enumerate(ids) if i not in stop]
+            if not keep:
+                return
+            if len(keep) < len(active):  # finished rows leave the batch
+                rows = torch.tensor(keep, device=dev)
+                active = [active[j] for j in keep]
+                tok = tok[rows]
+                pick.select(rows)
+                runner.select(rows, keep)
+            with self._autocast():
+                logits = runner.next(tok)
+
+
+@dataclass
+class Sampling:
+    """How the next token is chosen: greedy at temperature 0, else a draw from the top_k (seeded when
+    seed is given); banned_ids are never chosen, nor (ngram_size > 0) a token that would repeat an
+    n-gram of the last ngram_window tokens of its row, unless it is in ngram_whitelist."""
+    temperature: float = 0.0
+    top_k: int = None
+    seed: int = None
+    ngram_size: int = 0
+    ngram_window: int = 90
+    ngram_whitelist: tuple = ()
+    banned_ids: tuple = ()
+
+    def picker(self, batch, max_new_tokens, device):
+        return _Picker(self, batch, max_new_tokens, device)
+
+
+class _Picker:
+    """Sampling applied step by step: it keeps each live row's generated ids for the n-gram guard."""
+
+    def __init__(self, s, batch, max_new_tokens, dev):
+        self.s = s
+        self.banned = torch.tensor(sorted(set(s.banned_ids)), dtype=torch.long, device=dev)
+        self.whitelist = torch.tensor(sorted(set(s.ngram_whitelist)), dtype=torch.long, device=dev)
+        self.gen = torch.Generator(device=dev).manual_seed(s.seed) if s.seed is not None else None
+        # all live rows have the same length t
+        self.hist = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=dev) if s.ngram_size > 0 else None
+
+    def __call__(self, logits, t):
+        s = self.s
+        if self.banned.numel():
+            logits.index_fill_(1, self.banned, float("-inf"))
+        if self.hist is not None:  # only the last `window` tokens can hold a gram to ban
+            w0 = max(0, t - s.ngram_window)
+            ban = ngram_ban_mask(self.hist[:, w0:t], t - w0, s.ngram_size, s.ngram_window, logits.shape[-1],
+                                 self.whitelist)
+            logits.masked_fill_(ban, float("-inf"))
+        tok = sample(logits, s.temperature, s.top_k, self.gen)
+        if self.hist is not None:
+            self.hist[:, t] = tok
+        return tok
+
+    def select(self, rows):
+        if self.hist is not None:
+            self.hist = self.hist[rows]
 
 
 def sample(logits, temperature=0.0, top_k=None, generator=None):

@@ -23,19 +23,9 @@ import torch
 from tqdm import tqdm
 
 from nanoocr import metrics
-from nanoocr.image import choose_tiles, grid_side
+from nanoocr.image import vision_grid_tokens
 
 BUCKETS = [(0, 1), (1, 2), (2, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 16), (16, 20), (20, math.inf)]
-
-
-def vision_grid_tokens(width, height, mode, cfg):
-    """Vision tokens that carry pixels (grid cells; no newlines/separator), as the paper counts them."""
-    p = cfg.sam.patch_size
-    if mode != "gundam":
-        return grid_side(cfg.sizes[mode], p) ** 2
-    n = grid_side(cfg.sizes["base"], p) ** 2
-    w, h = choose_tiles(width, height, cfg.sizes["small"], cfg.min_crops, cfg.max_crops)
-    return n + (w * h * grid_side(cfg.sizes["small"], p) ** 2 if w * h > 1 else 0)
 
 
 # ----------------------------------------------------------------------------- eval sets

@@ -1,6 +1,7 @@
 """
 Resolution modes: how an image becomes views, and how many vision tokens it yields.
-This is the one place the token-count formula lives; the model's output is tested against it.
+This is the one place the token geometry lives (token_grids; the counts and the glyph labels derive from
+it); the model's output is tested against it.
 
   tiny / small : resized to a square view (aspect not kept)
   base / large : padded to a square view (aspect kept, grey padding = the normalisation mean)
@@ -23,9 +24,17 @@ def check_mode(mode):
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
+COMPRESSION = 4  # the compressor's two 3x3 stride-2 convs: 16x fewer tokens than SAM's patches
+
+
 def grid_side(size, patch_size):
     # patch conv (stride = patch) then two 3x3 stride-2 pad-1 convs: each halves, rounding up
-    return math.ceil((size // patch_size) / 4)
+    return math.ceil((size // patch_size) / COMPRESSION)
+
+
+def cell_px(cfg):
+    """Pixels of a view per vision token, along each side."""
+    return COMPRESSION * cfg.sam.patch_size
 
 
 def choose_tiles(width, height, crop_size, min_crops=2, max_crops=6):
@@ -46,20 +55,31 @@ def choose_tiles(width, height, crop_size, min_crops=2, max_crops=6):
     return best
 
 
-def num_image_tokens(width, height, mode, cfg):
-    """Vision tokens (incl. row newlines and the view separator) for a width x height image."""
+def token_grids(width, height, mode, cfg):
+    """(rows, cols) of each vision-token grid of a width x height image, in the order they are laid out:
+    the local crops stitched into one grid (gundam, when the image needs more than one crop), then the
+    global view."""
     check_mode(mode)
     patch = cfg.sam.patch_size
     if mode != "gundam":
         g = grid_side(cfg.sizes[mode], patch)
-        return g * (g + 1) + 1
+        return [(g, g)]
     gg = grid_side(cfg.sizes["base"], patch)
-    n = gg * (gg + 1) + 1
     w, h = choose_tiles(width, height, cfg.sizes["small"], cfg.min_crops, cfg.max_crops)
-    if w * h > 1:
-        gc = grid_side(cfg.sizes["small"], patch)
-        n += (h * gc) * (w * gc + 1)
-    return n
+    if w * h == 1:
+        return [(gg, gg)]
+    gc = grid_side(cfg.sizes["small"], patch)
+    return [(h * gc, w * gc), (gg, gg)]
+
+
+def num_image_tokens(width, height, mode, cfg):
+    """Vision tokens (incl. row newlines and the view separator) for a width x height image."""
+    return sum(rows * (cols + 1) for rows, cols in token_grids(width, height, mode, cfg)) + 1
+
+
+def vision_grid_tokens(width, height, mode, cfg):
+    """Vision tokens that carry pixels (grid cells; no newlines/separator), as the paper counts them."""
+    return sum(rows * cols for rows, cols in token_grids(width, height, mode, cfg))
 
 
 def view_geometry(width, height, mode, cfg):

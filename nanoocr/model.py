@@ -4,6 +4,8 @@ NanoDeepseekOCR: views -> SAM -> compressor -> CLIP -> [CLIP tokens | SAM tokens
 decoder's input embeddings at the <|image|> positions -> nanochat GPT.
 """
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn as nn
 
@@ -71,8 +73,9 @@ class NanoDeepseekOCR(nn.Module):
         self.gpt.init_weights()
         return self
 
-    def encode_views(self, x):
-        """(N, 3, S, S) views -> (N, g, g, n_embd) projected vision tokens."""
+    def encode_stages(self, x):
+        """(N, 3, S, S) views -> each stage's tokens: SAM (N, g*g, C_sam) after the compressor, CLIP
+        (N, g*g, C_clip) without its class token, and the projected vision tokens (N, g, g, n_embd)."""
         # frozen stages run without autograd until the first stage that trains
         sam_model = self.sam_model
         grad = torch.is_grad_enabled() and _trains(sam_model.trunk_parameters())
@@ -83,10 +86,14 @@ class NanoDeepseekOCR(nn.Module):
             sam = sam_model.compress(sam)  # (N, C, g, g)
         grad = grad or (torch.is_grad_enabled() and _trains(self.vision_model.parameters()))
         with torch.set_grad_enabled(grad):
-            clip = self.vision_model(patch_embeds=sam)  # (N, 1 + g*g, C)
+            clip = self.vision_model(patch_embeds=sam)[:, 1:]  # (N, g*g, C)
         N, C, g, _ = sam.shape
-        feats = torch.cat([clip[:, 1:], sam.flatten(2).transpose(1, 2)], -1)  # (N, g*g, 2C)
-        return self.projector(feats).view(N, g, g, -1)
+        sam = sam.flatten(2).transpose(1, 2)  # (N, g*g, C)
+        return sam, clip, self.projector(torch.cat([clip, sam], -1)).view(N, g, g, -1)
+
+    def encode_views(self, x):
+        """(N, 3, S, S) views -> (N, g, g, n_embd) projected vision tokens."""
+        return self.encode_stages(x)[2]
 
     def _with_newlines(self, grid):
         # (..., rows, cols, D) -> (..., rows * (cols + 1), D)
@@ -176,8 +183,28 @@ class NanoDeepseekOCR(nn.Module):
             return self.projector.layers.weight.sum() * 0.0  # keeps DDP's every-parameter-has-a-grad rule
         return self.gpt.loss(norm(torch.cat(vision)), glyphs, reduction)
 
+    def set_trainable(self, parts):
+        """requires_grad by part (PARTS); CLIP's pixel conv stays frozen whatever the parts, since DeepEncoder
+        never runs it. -> the names of the parameters that train."""
+        pixel_conv = self.vision_model.embeddings.patch_embedding.weight
+        for name, p in self.named_parameters():
+            p.requires_grad_(part_of(name) in parts and p is not pixel_conv)
+        return sorted(n for n, p in self.named_parameters() if p.requires_grad)
+
     def param_counts(self):
         counts = dict.fromkeys(PARTS, 0)
         for name, p in self.named_parameters():
             counts[part_of(name)] += p.numel()
         return counts
+
+
+def build_model(cfg, tokenizer=None, seed=None, device=None):
+    """The one place a fresh model is made: NanoDeepseekOCR of `cfg`, initialised (after torch.manual_seed(seed)
+    when a seed is given), built directly on `device` when given (d20 is 962M parameters), and its
+    image_token_id taken from the tokenizer (None without one: text-only until a tokenizer is attached)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device(device) if device is not None else nullcontext():
+        model = NanoDeepseekOCR(cfg).init_weights()
+    model.image_token_id = tokenizer.image_id if tokenizer is not None else None
+    return model

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nanoocr.checkpoint import load_model
+from nanoocr.common import pick_device
 from nanoocr.engine import Engine
 from nanoocr.image import collate_views, make_views, num_image_tokens
 from nanoocr.prompts import prompt_text
@@ -22,14 +24,6 @@ class Result:
     text: str
     tokens: int
     seconds: float
-
-
-def pick_device(device="auto"):
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device}: CUDA is not available on this machine")
-    return device
 
 
 def unused_rows(tokenizer, vocab_rows):
@@ -54,10 +48,7 @@ class Reader:
 
     @classmethod
     def from_dir(cls, model_dir, device="auto", **kw):
-        from nanoocr.checkpoint import load_model
-        model, tok, _ = load_model(model_dir)
-        if tok is None:
-            raise FileNotFoundError(f"{model_dir}: model folder has no tokenizer.json")
+        model, tok, _ = load_model(model_dir, need_tokenizer=True)
         return cls(model, tok, device=device, **kw)
 
     def prompt_ids(self, image, prompt="free", ref=None, mode=None):
@@ -66,15 +57,21 @@ class Reader:
         return self.tok.render_for_completion(messages, [n])
 
     @torch.no_grad()
-    def read(self, images, prompt="free", ref=None, mode=None, max_new_tokens=None, temperature=0.0, stream=None):
-        """Read a batch of page images (PIL) with one prompt; returns a Result per image, in order."""
+    def read(self, images, prompt="free", ref=None, mode=None, max_new_tokens=None, temperature=0.0, stop=None):
+        """Read a batch of page images (PIL) with one prompt; returns a Result per image, in order.
+        stop(): asked after every generated step; True ends the reading there (the texts so far are returned)."""
         mode = mode or self.mode
         t0 = time.time()
         prompts = [self.prompt_ids(im, prompt, ref, mode) for im in images]
         views = collate_views([make_views(im, mode, self.model.config) for im in images])
-        out = self.engine.generate(
-            prompts, views, max_new_tokens=max_new_tokens or self.max_new_tokens, stop_ids=self.stop,
-            temperature=temperature, ngram_size=self.ngram_size, ngram_window=NGRAM_WINDOW,
-            ngram_whitelist=self.whitelist, banned_ids=self.banned, stream=stream)
+        out = [[] for _ in images]
+        for step in self.engine.generate_steps(
+                prompts, views, max_new_tokens=max_new_tokens or self.max_new_tokens, stop_ids=self.stop,
+                temperature=temperature, ngram_size=self.ngram_size, ngram_window=NGRAM_WINDOW,
+                ngram_whitelist=self.whitelist, banned_ids=self.banned):
+            for row, token in step:
+                out[row].append(token)
+            if stop is not None and stop():
+                break
         dt = (time.time() - t0) / max(1, len(images))
         return [Result(self.tok.decode(ids), len(ids), dt) for ids in out]

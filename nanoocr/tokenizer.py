@@ -20,6 +20,8 @@ from pathlib import Path
 
 import tiktoken
 
+from nanoocr.fileio import atomic_write_json
+
 FORMAT = "nanoocr-tokenizer-v1"
 NANOCHAT_SPECIAL = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
                     "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
@@ -117,7 +119,6 @@ class Tokenizer:
         return cls(ranks, special)
 
     def save(self, directory):
-        from nanoocr.checkpoint import atomic_write_json
         by_rank = sorted(self.ranks.items(), key=lambda kv: kv[1])
         doc = {"format": FORMAT, "pattern": self.pattern,
                "ranks": [base64.b64encode(b).decode("ascii") for b, _ in by_rank],

@@ -1,7 +1,9 @@
 """
-What both training phases share: freeze policies, optimiser + schedule, DDP set-up, the loop with
-gradient accumulation, evaluation (validation loss + the collapse monitor), checkpoints and logs.
-The phase scripts in scripts/ only choose settings and call `fit`.
+What both training phases share, in the order a run uses it: the settings (argparse flags and the
+TrainConfig they fill), the freeze policy, the optimiser and its schedule, the batches, one gradient-
+accumulated step, evaluation (validation loss + the collapse monitor), logs and checkpoints, and the
+loop `fit` that reads eval -> save -> step -> log. The phase scripts in scripts/ only choose defaults,
+build the model and call `run_phase`.
 """
 
 import json
@@ -10,110 +12,25 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from nanoocr import checkpoint as ck
+from nanoocr.common import all_gather, all_mean, all_sum, autocast_ctx, peak_flops, print0, teardown_dist
+from nanoocr.data import SkipLog, make_loader
 from nanoocr.model import PARTS, part_of
 
-# ----------------------------------------------------------------------------- freeze policies
+# ----------------------------------------------------------------------------- settings
 
-VISION_PARTS = ("sam", "compressor", "clip")
-POLICIES = {
-    "align": ("compressor", "projector"),  # Phase 1 (LLaVA-style alignment)
-    "finetune": ("projector", "gpt"),  # Phase 2
-    "all": tuple(PARTS),  # the seed's tier-1 recipe: everything trains
-}
-
-
-def parse_policy(spec):
-    """A policy name or a comma list of parts (sam, compressor, clip, projector, gpt)."""
-    parts = POLICIES.get(spec) or tuple(p.strip() for p in spec.split(",") if p.strip())
-    bad = [p for p in parts if p not in PARTS]
-    if bad or not parts:
-        raise ValueError(f"--train {spec!r}: unknown part(s) {bad}; use {sorted(POLICIES)} or parts {list(PARTS)}")
-    return set(parts)
-
-
-def apply_freeze(model, parts):
-    """requires_grad by part; CLIP's pixel conv always stays frozen (DeepEncoder never uses it)."""
-    for name, p in model.named_parameters():
-        p.requires_grad_(part_of(name) in parts and "embeddings.patch_embedding" not in name)
-    return sorted(n for n, p in model.named_parameters() if p.requires_grad)
-
-
-def param_summary(model):
-    out = {}
-    for name, p in model.named_parameters():
-        d = out.setdefault(part_of(name), {"trainable": 0, "frozen": 0})
-        d["trainable" if p.requires_grad else "frozen"] += p.numel()
-    return out
-
-
-# ----------------------------------------------------------------------------- distributed
-
-@dataclass
-class Dist:
-    ddp: bool = False
-    rank: int = 0
-    local_rank: int = 0
-    world: int = 1
-    device: str = "cpu"
-
-    @property
-    def master(self):
-        return self.rank == 0
-
-
-def setup_dist(device="auto"):
-    """torchrun sets RANK/WORLD_SIZE: nccl on GPU, gloo on CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if "RANK" not in os.environ:
-        return Dist(device=device)
-    rank, local, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    if device == "cuda":
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Dist(True, rank, local, world, device)
-
-
-def all_sum(x, d):
-    if not d.ddp:
-        return x
-    t = torch.tensor([float(x)], dtype=torch.float64, device=d.device if d.device.startswith("cuda") else "cpu")
-    dist.all_reduce(t)
-    return t.item()
-
-
-def all_mean(x, d):
-    return all_sum(x, d) / d.world
-
-
-# ----------------------------------------------------------------------------- schedule
-
-def lr_at(step, total, base_lr, schedule="cosine", warmup_ratio=0.03, step_size=2000, gamma=0.1):
-    warm = int(round(warmup_ratio * total))
-    if step < warm:
-        return base_lr * (step + 1) / warm
-    if schedule == "cosine":
-        return base_lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-    if schedule == "step":  # the seed's Stage-2 StepLR
-        return base_lr * gamma ** ((step - warm) // step_size)
-    if schedule == "constant":
-        return base_lr
-    raise ValueError(f"unknown schedule {schedule!r}")
-
-
-# ----------------------------------------------------------------------------- config
 
 @dataclass
 class TrainConfig:
+    """The training settings and their defaults: add_args makes a flag of each, train_config fills it from
+    the parsed flags, and checkpoints and logs record it."""
     steps: int = 1000
     batch_size: int = 8  # per rank, per micro-step
     total_batch_size: int = 0  # samples per optimiser step over all ranks; 0 = batch_size * world
@@ -142,24 +59,315 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # recorded in checkpoints and logs (phase, policy, ...)
 
 
-# ----------------------------------------------------------------------------- collapse monitor
+def add_args(p, **defaults):
+    """Arguments both phase scripts take; `defaults` are each phase's recipe, TrainConfig's the rest."""
+    D = {**asdict(TrainConfig()), **defaults}
+    g = p.add_argument_group("data")
+    g.add_argument("--data", nargs="+", default=["synth"],
+                   help="sources: synth | synth:heldout | FILE.jsonl | local HF dataset folder | text:FILE.jsonl")
+    g.add_argument("--data-weights", type=float, nargs="+", default=None, help="mixture weights for --data")
+    g.add_argument("--text-data", default=None, help="text-only chat JSONL mixed in at --text-ratio")
+    g.add_argument("--text-ratio", type=float, default=D.get("text_ratio", 0.0))
+    g.add_argument("--val-data", default="synth:heldout", help="validation source ('' for none)")
+    g.add_argument("--mode", default=D.get("mode", "base"), help="tiny|small|base|large|gundam")
+    g.add_argument("--seq-len", type=int, default=None, help="default: the decoder's sequence_len")
+    g.add_argument("--synth-kinds", default=None, help="synthetic kinds, e.g. line:3,paragraph:1")
+    g.add_argument("--synth-limit", type=int, default=0, help="use only the first N synthetic samples (overfit)")
+    g.add_argument("--synth-set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="SynthConfig overrides for the training data, e.g. line_chars=3,12 augment=0.3")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--train", default=D["train"], help=f"policy {sorted(POLICIES)} or comma list of parts")
+    g.add_argument("--steps", type=int, default=D["steps"])
+    g.add_argument("--batch-size", type=int, default=D["batch_size"], help="per rank, per micro-step")
+    g.add_argument("--total-batch-size", type=int, default=D["total_batch_size"])
+    g.add_argument("--lr", type=float, default=D["lr"])
+    g.add_argument("--glyph-weight", type=float, default=D["glyph_weight"],
+                   help="weight of the dense reading loss: each vision token must name the character in its "
+                        "cell (synthetic data, which knows where it drew each character)")
+    g.add_argument("--align-weight", type=float, default=D["align_weight"],
+                   help="weight of the alignment loss: attention head 0 of decoder layers 0 and 1 is told which "
+                        "vision token holds the character being read (synthetic data)")
+    g.add_argument("--vision-lr-mult", type=float, default=D["vision_lr_mult"],
+                   help="SAM, compressor and CLIP train at lr times this")
+    g.add_argument("--weight-decay", type=float, default=D["weight_decay"])
+    g.add_argument("--schedule", default=D["schedule"], choices=["cosine", "step", "constant"])
+    g.add_argument("--warmup-ratio", type=float, default=D["warmup_ratio"])
+    g.add_argument("--step-size", type=int, default=D["step_size"], help="StepLR period (schedule=step)")
+    g.add_argument("--grad-clip", type=float, default=D["grad_clip"])
+    g.add_argument("--grad-checkpoint", action="store_true", help="recompute SAM's global blocks in backward")
+    g.add_argument("--compile", action="store_true")
+    g.add_argument("--dtype", default=D["dtype"], choices=["auto", "bf16", "fp32"],
+                   help="autocast: auto = bf16 on CUDA, fp32 on CPU")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, help="output folder (model/, deepencoder.safetensors, ckpt/, logs)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/ckpt exactly")
+    g.add_argument("--eval-every", type=int, default=D["eval_every"])
+    g.add_argument("--eval-batches", type=int, default=D["eval_batches"])
+    g.add_argument("--save-every", type=int, default=D["save_every"])
+    g.add_argument("--workers", type=int, default=D["workers"], help="DataLoader workers per rank")
+    g.add_argument("--seed", type=int, default=D["seed"])
+    g.add_argument("--stop-after", type=int, default=D["stop_after"], help="stop after this step (simulates a crash)")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    g.add_argument("--run", default=D["run"], help="wandb run name (logs to wandb only when given)")
+    return p
+
+
+def train_config(args, phase):
+    """The TrainConfig of the parsed flags: every field that has a flag of its name, plus the run's identity."""
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    return TrainConfig(**given, out_dir=args.out, extra={"phase": phase, "train": args.train, "mode": args.mode,
+                                                         "data": args.data, "text_ratio": args.text_ratio})
+
+
+# ----------------------------------------------------------------------------- freeze policy
+
+VISION_PARTS = ("sam", "compressor", "clip")
+POLICIES = {
+    "align": ("compressor", "projector"),  # Phase 1 (LLaVA-style alignment)
+    "finetune": ("projector", "gpt"),  # Phase 2
+    "all": tuple(PARTS),  # the seed's tier-1 recipe: everything trains
+}
+
+
+def parse_policy(spec):
+    """A policy name or a comma list of parts (sam, compressor, clip, projector, gpt)."""
+    parts = POLICIES.get(spec) or tuple(p.strip() for p in spec.split(",") if p.strip())
+    bad = [p for p in parts if p not in PARTS]
+    if bad or not parts:
+        raise ValueError(f"--train {spec!r}: unknown part(s) {bad}; use {sorted(POLICIES)} or parts {list(PARTS)}")
+    return set(parts)
+
+
+def apply_freeze(model, parts):
+    """requires_grad by part (model.set_trainable); -> the names of the parameters that train."""
+    return model.set_trainable(parts)
+
+
+def param_summary(model):
+    out = {}
+    for name, p in model.named_parameters():
+        d = out.setdefault(part_of(name), {"trainable": 0, "frozen": 0})
+        d["trainable" if p.requires_grad else "frozen"] += p.numel()
+    return out
+
+
+
+# ----------------------------------------------------------------------------- optimiser and schedule
+
+def build_optimizer(model, tc, device):
+    """AdamW; one param group per (lr multiplier, weight decay or not)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("nothing to train: the freeze policy leaves no trainable parameters")
+    groups = {}
+    for name, p in named:
+        # an encoder trained from scratch at the decoder's lr collapses (every image gives the same tokens)
+        mult = tc.vision_lr_mult if part_of(name) in VISION_PARTS else 1.0
+        decay = p.ndim >= 2
+        g = groups.setdefault((mult, decay), {"params": [], "lr_mult": mult,
+                                              "weight_decay": tc.weight_decay if decay else 0.0})
+        g["params"].append(p)
+    fused = str(device).startswith("cuda")
+    return torch.optim.AdamW(list(groups.values()), lr=tc.lr, betas=tc.betas, fused=fused)
+
+
+def set_lr(optimizer, lr):
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g["lr_mult"]
+
+
+def lr_at(step, total, base_lr, schedule="cosine", warmup_ratio=0.03, step_size=2000, gamma=0.1):
+    warm = int(round(warmup_ratio * total))
+    if step < warm:
+        return base_lr * (step + 1) / warm
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    if schedule == "step":  # the seed's Stage-2 StepLR
+        return base_lr * gamma ** ((step - warm) // step_size)
+    if schedule == "constant":
+        return base_lr
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def grad_accum_steps(tc, d):
+    """Micro-steps per optimiser step, so that batch_size x ranks x accumulation = total_batch_size."""
+    if not tc.total_batch_size:
+        return 1
+    per_step = tc.batch_size * d.world
+    if tc.total_batch_size % per_step:
+        raise ValueError(f"total_batch_size {tc.total_batch_size} is not a multiple of batch_size x ranks "
+                         f"({per_step})")
+    return tc.total_batch_size // per_step
+
+
+def to_device(batch, device):
+    out = dict(batch)
+    out["inputs"] = batch["inputs"].to(device, non_blocking=True)
+    out["targets"] = batch["targets"].to(device, non_blocking=True)
+    out["views"] = batch["views"].to(device) if batch["views"] is not None else None
+    for labels, _, _ in AIDS.values():
+        if batch.get(labels) is not None:
+            out[labels] = batch[labels].to(device, non_blocking=True)
+    return out
+
+
+class Batches:
+    """This rank's training batches from global sample `start` on, on the device, bad samples counted in
+    `skips` (a batch whose every sample failed is passed over)."""
+
+    def __init__(self, dataset, tc, d, start, skips):
+        self.loader = iter(make_loader(dataset, tc.batch_size, start=start, rank=d.rank, world=d.world,
+                                       workers=tc.workers, pin=d.device.startswith("cuda")))
+        self.device, self.skips = d.device, skips
+
+    def next(self):
+        for _ in range(100):
+            b = next(self.loader)
+            self.skips.add(b)
+            if b["inputs"] is not None:
+                return to_device(b, self.device)
+        # a config that makes every sample fail (a font too large for the page, a missing file) must stop the
+        # run with its reason, not spin
+        raise RuntimeError(f"100 batches in a row had no usable sample; first reasons: {self.skips.examples[:3]}")
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+# the training aids from synthetic data: name -> (batch key of the labels, batch key of their count, weight field)
+AIDS = {"glyph": ("glyphs", "glyph_cells", "glyph_weight"), "align": ("align", "align_keys", "align_weight")}
+
+
+def active_aids(tc):
+    return {k: v for k, v in AIDS.items() if getattr(tc, v[2])}
+
+
+def micro_step(fwd, batch, tc, d, n_tok, n_aid):
+    """Forward + backward of one micro-batch, scaled so the step's gradient is the global mean over target
+    tokens (DDP averages over ranks, hence * world). -> (summed decoder loss, {aid: summed loss})."""
+    aids = active_aids(tc)
+    kw = {labels: batch.get(labels) for labels, _, _ in aids.values()}
+    with autocast_ctx(d.device, tc.dtype):
+        res = fwd(batch["inputs"], batch["targets"], views=batch["views"], loss_reduction="sum", **kw)
+    loss, total, aux = res, res, {}
+    if aids:
+        loss, aux = res
+        # each aid is a mean over the step's labelled cells/keys on all ranks, as the decoder's is over tokens
+        for k, (_, _, weight) in aids.items():
+            total = total + getattr(tc, weight) * aux[k] * (n_tok / n_aid[k])
+        aux = {k: v.detach() for k, v in aux.items()}
+    (total * (d.world / n_tok)).backward()
+    return loss.detach(), aux
+
+
+def accumulate(fwd, batches, tc, d):
+    """Forward + backward of the step's micro-batches (gradients synced on the last one) -> the step's
+    numbers. The loss is a mean over every target token of the global batch: the same update for any
+    split over ranks and accumulation steps."""
+    n_tok = all_sum(sum(int((b["targets"] >= 0).sum()) for b in batches), d)
+    aids = active_aids(tc)
+    n_aid = {k: max(1, all_sum(sum(b[count] for b in batches), d)) for k, (_, count, _) in aids.items()}
+    loss_sum, aid_sum = 0.0, dict.fromkeys(aids, 0.0)
+    for micro, batch in enumerate(batches):
+        sync = nullcontext() if (not d.ddp or micro == len(batches) - 1) else fwd.no_sync()
+        with sync:
+            loss, aux = micro_step(fwd, batch, tc, d, n_tok, n_aid)
+        loss_sum = loss_sum + loss
+        aid_sum = {k: aid_sum[k] + aux[k] for k in aids}
+    out = {"loss": all_sum(float(loss_sum), d) / n_tok, "n_tok": n_tok,
+           "samples": sum(b["samples"] for b in batches) * d.world}
+    for k in aids:
+        out[f"{k}_loss"] = all_sum(float(aid_sum[k]), d) / n_aid[k]  # per labelled cell / key
+    return out
+
+
+def update(raw, optimizer, tc):
+    """Clip, step, clear the gradients; -> the gradient norm before clipping (None without clipping)."""
+    gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(gnorm) if gnorm is not None else None
+
+
+def check_finite(loss, step, last_good, log):
+    """The NaN guard: a non-finite loss ends the run, saying which checkpoint is intact."""
+    if math.isfinite(loss):
+        return
+    msg = (f"loss is {loss} at step {step}; stopping. The last good checkpoint "
+           f"({last_good or 'none saved yet'}) is intact.")
+    if log:
+        log.write({"kind": "error", "step": step, "message": msg})
+        log.close()
+    raise FloatingPointError(msg)
+
+
+def step_flops(model, batch, device, dtype="auto"):
+    """FLOPs of one forward+backward on `batch`, counted by torch's FlopCounterMode: includes SAM,
+    CLIP, projector, decoder and attention, and only the backward work frozen parts really need."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter, autocast_ctx(device, dtype):
+        loss = model(batch["inputs"], batch["targets"], views=batch["views"])
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
 
 @torch.no_grad()
 def collapse_stats(model, views):
-    """Mean pairwise cosine similarity between different images' pooled features after SAM, CLIP and
-    the projector. Collapsed encoders (the seed's failure) sit near 1.0; healthy ones well below."""
-    x = views.global_views
-    sam = model.sam_model(x)  # (N, C, g, g)
-    clip = model.vision_model(patch_embeds=sam)[:, 1:]  # (N, g*g, C)
-    proj = model.projector(torch.cat([clip, sam.flatten(2).transpose(1, 2)], -1))
+    """Mean pairwise cosine similarity between different images' features after SAM, CLIP and the
+    projector. Collapsed encoders (the seed's failure) sit near 1.0; healthy ones well below."""
     out = {}
-    for name, f in (("sam", sam.flatten(2).transpose(1, 2)), ("clip", clip), ("projector", proj)):
+    for name, f in zip(("sam", "clip", "projector"), model.encode_stages(views.global_views)):
         # per-token features flattened per image, so two images are similar only if every position is
         v = F.normalize(f.flatten(1).float(), dim=-1)
         sim = v @ v.T
         n = sim.shape[0]
         out[name] = ((sim.sum() - sim.diagonal().sum()) / max(1, n * (n - 1))).item()
     return out
+
+
+@torch.no_grad()
+def evaluate_loss(model, val_ds, tc, d):
+    """Mean validation loss over eval_batches (every rank reads its own slice of the same fixed samples)
+    and the collapse monitor on the first batch with several images, as cos_sam, cos_clip, cos_projector."""
+    model.eval()
+    loader = iter(make_loader(val_ds, tc.batch_size, start=0, rank=d.rank, world=d.world, workers=0))
+    total, count, cos = 0.0, 0, None
+    for _ in range(tc.eval_batches):
+        b = next(loader)
+        if b["inputs"] is None:
+            continue
+        b = to_device(b, d.device)
+        with autocast_ctx(d.device, tc.dtype):
+            total += model(b["inputs"], b["targets"], views=b["views"]).item()
+            if cos is None and b["views"] is not None and len(b["views"]) > 1:
+                cos = collapse_stats(model, b["views"])
+        count += 1
+    model.train()
+    ev = {"val_loss": all_mean(total / max(1, count), d)}
+    for k, v in (cos or {}).items():
+        ev[f"cos_{k}"] = all_mean(v, d)
+    return ev
+
+
+def report_eval(ev, step, tc, log):
+    """The eval row in the log and one line on the terminal; a warning when the vision features collapse."""
+    log.write({**ev, "kind": "eval", "step": step})
+    cos = {k: v for k, v in ev.items() if k.startswith("cos_")}
+    tqdm.write(f"step {step}: val loss {ev['val_loss']:.4f}" + "".join(f", {k} {v:.3f}" for k, v in cos.items()))
+    worst = max(cos.values(), default=0.0)
+    if worst > tc.collapse_threshold:
+        tqdm.write(f"WARNING: vision features look collapsed (mean cosine similarity {worst:.3f} > "
+                   f"{tc.collapse_threshold}): different images give nearly the same tokens. "
+                   "Freeze more of the encoder, lower the lr, or use more varied data.")
 
 
 # ----------------------------------------------------------------------------- logs
@@ -231,70 +439,31 @@ class MetricsLog:
             self.wandb.finish()
 
 
-# ----------------------------------------------------------------------------- the loop
+class Progress:
+    """The train rows of the log and the progress bar (master rank only; a no-op elsewhere)."""
 
-def autocast_ctx(device, dtype="auto"):
-    """bf16 autocast on CUDA by default; on CPU only when asked (dtype="bf16"): this 2-core CPU multiplies bf16
-    ~3x faster than fp32, and the speedrun measures that its loss still falls."""
-    kind = "cuda" if str(device).startswith("cuda") else "cpu"
-    if dtype == "fp32" or (dtype == "auto" and kind == "cpu"):
-        return nullcontext()
-    return torch.autocast(kind, dtype=torch.bfloat16)
+    def __init__(self, tc, d, step, log):
+        self.log, self.peak, self.world, self.ema = log, peak_flops(d.device), d.world, None
+        # redrawn often on a terminal; in a log file one line every few seconds is plenty
+        self.bar = tqdm(total=tc.steps, initial=step, disable=not d.master, dynamic_ncols=True,
+                        desc=tc.extra.get("phase"), mininterval=0.1 if sys.stderr.isatty() else 5.0)
 
-
-def build_optimizer(model, tc, device):
-    """AdamW; one param group per (lr multiplier, weight decay or not)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError("nothing to train: the freeze policy leaves no trainable parameters")
-    groups = {}
-    for name, p in named:
-        # an encoder trained from scratch at the decoder's lr collapses (every image gives the same tokens)
-        mult = tc.vision_lr_mult if part_of(name) in VISION_PARTS else 1.0
-        decay = p.ndim >= 2
-        g = groups.setdefault((mult, decay), {"params": [], "lr_mult": mult,
-                                              "weight_decay": tc.weight_decay if decay else 0.0})
-        g["params"].append(p)
-    fused = str(device).startswith("cuda")
-    return torch.optim.AdamW(list(groups.values()), lr=tc.lr, betas=tc.betas, fused=fused)
-
-
-def step_flops(model, batch, device, dtype="auto"):
-    """FLOPs of one forward+backward on `batch`, counted by torch's FlopCounterMode: includes SAM,
-    CLIP, projector, decoder and attention, and only the backward work frozen parts really need."""
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with counter, autocast_ctx(device, dtype):
-        loss = model(batch["inputs"], batch["targets"], views=batch["views"])
-        loss.backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
-
-
-def to_device(batch, device):
-    out = dict(batch)
-    out["inputs"] = batch["inputs"].to(device, non_blocking=True)
-    out["targets"] = batch["targets"].to(device, non_blocking=True)
-    out["views"] = batch["views"].to(device) if batch["views"] is not None else None
-    for key in ("glyphs", "align"):
-        if batch.get(key) is not None:
-            out[key] = batch[key].to(device, non_blocking=True)
-    return out
-
-
-def peak_flops(device):
-    """Dense bf16 peak for MFU; None where unknown (CPU): set NANOOCR_PEAK_FLOPS to report MFU there."""
-    if os.environ.get("NANOOCR_PEAK_FLOPS"):
-        return float(os.environ["NANOOCR_PEAK_FLOPS"])
-    if not str(device).startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name(device)
-    # dense bf16 peaks; the PCIe H100 is clocked lower than the SXM one
-    for key, val in (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
-                     ("4090", 165e12)):
-        if key in name:
-            return val
-    return None
+    def step(self, step, lr, dt, res, flops):
+        self.ema = res["loss"] if self.ema is None else 0.9 * self.ema + 0.1 * res["loss"]
+        rec = {"kind": "train", "step": step, "loss": res["loss"], "lr": lr, "dt": dt, "tok_s": res["n_tok"] / dt,
+               "samples_s": res["samples"] / dt, "grad_norm": res.get("grad_norm")}
+        rec.update({f"{k}_loss": res[f"{k}_loss"] for k in AIDS if f"{k}_loss" in res})
+        if flops and self.peak:
+            rec["mfu"] = flops / dt / (self.peak * self.world)
+        if self.log:
+            self.log.write(rec)
+        post = {"loss": f"{self.ema:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{rec['tok_s']:.0f}",
+                "smp/s": f"{rec['samples_s']:.1f}"}
+        post.update({k: f"{rec[f'{k}_loss']:.2f}" for k in AIDS if f"{k}_loss" in rec})
+        if "mfu" in rec:
+            post["mfu"] = f"{100 * rec['mfu']:.1f}%"
+        self.bar.update(1)
+        self.bar.set_postfix(post, refresh=False)
 
 
 def plot_losses(log_path, png_path, title):
@@ -322,262 +491,109 @@ def plot_losses(log_path, png_path, title):
     plt.close(fig)
 
 
-def fit(model, tokenizer, train_ds, val_ds, tc, d, resume=None, find_unused=False, on_save=None):
-    """Train `model` (freeze policy already applied). Returns a summary dict.
-    Checkpoints go to {out_dir}/ckpt (training state) and {out_dir}/model (the model folder)."""
-    from nanoocr import checkpoint as ck
-    from nanoocr.data import SkipLog, make_loader
+# ----------------------------------------------------------------------------- checkpoints
 
-    out = Path(tc.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = lock_out_dir(out) if d.master else None
-    device = d.device
-    torch.manual_seed(tc.seed + d.rank)
-    accum = 1
-    if tc.total_batch_size:
-        per_step = tc.batch_size * d.world
-        if tc.total_batch_size % per_step:
-            raise ValueError(f"total_batch_size {tc.total_batch_size} is not a multiple of batch_size x ranks "
-                             f"({per_step})")
-        accum = tc.total_batch_size // per_step
-    samples_per_step = tc.batch_size * d.world * accum
 
-    model.to(device)
-    model.sam_model.grad_checkpoint = tc.grad_checkpoint
-    optimizer = build_optimizer(model, tc, device)
-    step, skips, extra = 0, SkipLog(), {}
-    if resume:
-        step, extra = ck.load_training_state(resume, model, optimizer)
-        ck.set_rng_state(extra["rng"][d.rank] if isinstance(extra.get("rng"), list) else extra["rng"])
-        skips.counts.update(extra.get("skips", {}).get("by_reason", {}))
-        if d.master:
-            print(f"resumed from {resume} at step {step}")
-    raw = model
+def resume_training(resume, model, optimizer, skips, d):
+    """Restore weights, optimiser, this rank's RNG states and the bad-sample counts; -> the step."""
+    step, extra = ck.load_training_state(resume, model, optimizer)
+    ck.set_rng_state(extra["rng"][d.rank] if isinstance(extra.get("rng"), list) else extra["rng"])
+    skips.counts.update(extra.get("skips", {}).get("by_reason", {}))
+    print0(f"resumed from {resume} at step {step}")
+    return step
+
+
+def save_checkpoint(out, step, raw, optimizer, skips, tc, d, log, on_save, last):
+    """The training state (every rank's RNG states included) to {out}/ckpt, then on_save (the model folder).
+    The log's rows up to this step reach the disk first, so a kill mid-save cannot lose what it claims."""
+    if log:
+        log.flush()
+    rng = all_gather(ck.rng_state(), d)
+    if d.master:
+        ck.save_training_state(out / "ckpt", step, raw, optimizer,
+                               {"rng": rng, "skips": skips.summary(), "train_config": asdict(tc)})
+        if on_save:
+            on_save(raw, step, last)
+    return f"{out / 'ckpt'} (step {step})"
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def wrap_model(model, tc, d, find_unused):
+    """The module the steps call: compiled and/or DDP-wrapped as asked; `model` itself is what is saved."""
     fwd = torch.compile(model) if tc.compile else model
     if d.ddp:
         fwd = torch.nn.parallel.DistributedDataParallel(
-            fwd, device_ids=[d.local_rank] if device.startswith("cuda") else None,
+            fwd, device_ids=[d.local_rank] if d.device.startswith("cuda") else None,
             find_unused_parameters=find_unused)
-    loader = iter(make_loader(train_ds, tc.batch_size, start=step * samples_per_step, rank=d.rank, world=d.world,
-                              workers=tc.workers, pin=device.startswith("cuda")))
+    return fwd
+
+
+def fit(model, train_ds, val_ds, tc, d, resume=None, find_unused=False, on_save=None):
+    """Train `model` (freeze policy already applied). Returns a summary dict.
+    Checkpoints go to {out_dir}/ckpt (training state); on_save(model, step, last) writes the model folder."""
+    out = Path(tc.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = lock_out_dir(out) if d.master else None
+    torch.manual_seed(tc.seed + d.rank)
+    accum = grad_accum_steps(tc, d)
+    model.to(d.device)
+    model.sam_model.grad_checkpoint = tc.grad_checkpoint
+    optimizer = build_optimizer(model, tc, d.device)
+    skips = SkipLog()
+    step = resume_training(resume, model, optimizer, skips, d) if resume else 0
+    fwd = wrap_model(model, tc, d, find_unused)
+    data = Batches(train_ds, tc, d, step * tc.batch_size * d.world * accum, skips)
     log_path = out / "metrics.jsonl"
     log = MetricsLog(log_path, step if resume else None, tc.run, asdict(tc)) if d.master else None
-
-    def next_batch():
-        for _ in range(100):
-            b = next(loader)
-            skips.add(b)
-            if b["inputs"] is not None:
-                return to_device(b, device)
-        # a config that makes every sample fail (a font too large for the page, a missing file) must stop the
-        # run with its reason, not spin
-        raise RuntimeError(f"100 batches in a row had no usable sample; first reasons: {skips.examples[:3]}")
-
-    flops = None
-    peak = peak_flops(device)
-    # redrawn often on a terminal; in a log file one line every few seconds is plenty
-    bar = tqdm(total=tc.steps, initial=step, disable=not d.master, dynamic_ncols=True, desc=tc.extra.get("phase"),
-               mininterval=0.1 if sys.stderr.isatty() else 5.0)
-    ema, t_start, last_good = None, time.time(), None
+    progress = Progress(tc, d, step, log)
+    start, flops, last_good, t_start = step, None, None, time.time()
     model.train()
-    while step < tc.steps:
-        lr = lr_at(step, tc.steps, tc.lr, tc.schedule, tc.warmup_ratio, tc.step_size)
-        for g in optimizer.param_groups:
-            g["lr"] = lr * g["lr_mult"]
-        t0 = time.time()
-        # Fetch the step's micro-batches first so the loss can be a mean over every target token of the
-        # global batch: the same update for any split over ranks and accumulation steps.
-        batches = [next_batch() for _ in range(accum)]
-        n_tok = all_sum(sum(int((b["targets"] >= 0).sum()) for b in batches), d)
-        # each aid's loss is a mean over the step's labelled cells/keys on all ranks, as the decoder's is over tokens
-        aids = {"glyph": ("glyph_cells", "glyphs", tc.glyph_weight), "align": ("align_keys", "align", tc.align_weight)}
-        aids = {k: v for k, v in aids.items() if v[2]}
-        n_aid = {k: max(1, all_sum(sum(b[count] for b in batches), d)) for k, (count, _, _) in aids.items()}
-        n_samples = sum(b["samples"] for b in batches)
-        if flops is None and d.master:
-            flops = step_flops(raw, batches[0], device, tc.dtype) * accum * d.world
-        loss_sum, aid_sum = 0.0, dict.fromkeys(aids, 0.0)
-        for micro, batch in enumerate(batches):
-            sync = nullcontext() if (not d.ddp or micro == accum - 1) else fwd.no_sync()
-            kw = {key: batch.get(key) for _, (_, key, _) in aids.items()}
-            with sync, autocast_ctx(device, tc.dtype):
-                res = fwd(batch["inputs"], batch["targets"], views=batch["views"], loss_reduction="sum", **kw)
-            loss = total = res
-            if aids:
-                loss, aux = res
-                total = loss
-                for k, (_, _, w) in aids.items():
-                    total = total + w * aux[k] * (n_tok / n_aid[k])
-                    aid_sum[k] += aux[k].detach()
-            (total * (d.world / n_tok)).backward()  # DDP averages over ranks, hence * world
-            loss_sum += loss.detach()
-        loss_val = all_sum(float(loss_sum), d) / n_tok
-        if not math.isfinite(loss_val):
-            msg = (f"loss is {loss_val} at step {step}; stopping. The last good checkpoint "
-                   f"({last_good or 'none saved yet'}) is intact.")
-            if log:
-                log.write({"kind": "error", "step": step, "message": msg})
-                log.close()
-            raise FloatingPointError(msg)
-        gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        dt = time.time() - t0
-        ema = loss_val if ema is None else 0.9 * ema + 0.1 * loss_val
-        tok_s = n_tok / dt
-        rec = {"kind": "train", "step": step, "loss": loss_val, "lr": lr, "dt": dt, "tok_s": tok_s,
-               "samples_s": n_samples * d.world / dt, "grad_norm": float(gnorm) if gnorm is not None else None}
-        for k in aids:
-            rec[f"{k}_loss"] = all_sum(float(aid_sum[k]), d) / n_aid[k]  # per labelled cell / key
-        if flops and peak:
-            rec["mfu"] = flops / dt / (peak * d.world)
-        if log:
-            log.write(rec)
-        bar.update(1)
-        post = {"loss": f"{ema:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{tok_s:.0f}", "smp/s": f"{rec['samples_s']:.1f}"}
-        for k in aids:
-            post[k] = f"{rec[f'{k}_loss']:.2f}"
-        if "mfu" in rec:
-            post["mfu"] = f"{100 * rec['mfu']:.1f}%"
-        bar.set_postfix(post, refresh=False)
-
-        last = step == tc.steps
-        if val_ds is not None and (step % tc.eval_every == 0 or last):
-            ev = evaluate_loss(raw, val_ds, tc, d)
-            if d.master:
-                ev.update({"kind": "eval", "step": step})
-                log.write(ev)
-                worst = max((v for k, v in ev.items() if k.startswith("cos_")), default=0.0)
-                tqdm.write(f"step {step}: val loss {ev['val_loss']:.4f}" +
-                           "".join(f", {k} {v:.3f}" for k, v in ev.items() if k.startswith("cos_")))
-                if worst > tc.collapse_threshold:
-                    tqdm.write(f"WARNING: vision features look collapsed (mean cosine similarity {worst:.3f} > "
-                               f"{tc.collapse_threshold}): different images give nearly the same tokens. "
-                               "Freeze more of the encoder, lower the lr, or use more varied data.")
-            model.train()
-        if step % tc.save_every == 0 or last:
-            if log:
-                log.flush()  # the rows up to this step reach the disk before the checkpoint that claims them
-            rng = ck.rng_state()
-            if d.ddp:
-                gathered = [None] * d.world
-                dist.all_gather_object(gathered, rng)
-                rng = gathered
-            if d.master:
-                ck.save_training_state(out / "ckpt", step, raw, optimizer,
-                                       {"rng": rng, "skips": skips.summary(), "train_config": asdict(tc)})
-                if on_save:
-                    on_save(raw, step, last)
-                last_good = f"{out / 'ckpt'} (step {step})"
-            if log:
-                log.flush()
-        if tc.stop_after and step >= tc.stop_after:
+    while True:
+        if step > start:  # after each step: eval, save, then stop or go on
+            last = step == tc.steps
+            if val_ds is not None and (step % tc.eval_every == 0 or last):
+                ev = evaluate_loss(model, val_ds, tc, d)
+                if d.master:
+                    report_eval(ev, step, tc, log)
+            if step % tc.save_every == 0 or last:
+                last_good = save_checkpoint(out, step, model, optimizer, skips, tc, d, log, on_save, last)
+            if tc.stop_after and step >= tc.stop_after:
+                break
+        if step >= tc.steps:
             break
-    bar.close()
-    elapsed = time.time() - t_start
-    summary = {"steps": step, "seconds": elapsed, "skips": skips.summary()}
+        lr = lr_at(step, tc.steps, tc.lr, tc.schedule, tc.warmup_ratio, tc.step_size)
+        set_lr(optimizer, lr)
+        t0 = time.time()
+        # the step's micro-batches come first: the loss is a mean over all of their target tokens
+        batches = [data.next() for _ in range(accum)]
+        if flops is None and d.master:
+            flops = step_flops(model, batches[0], d.device, tc.dtype) * accum * d.world
+        res = accumulate(fwd, batches, tc, d)
+        check_finite(res["loss"], step, last_good, log)
+        res["grad_norm"] = update(model, optimizer, tc)
+        step += 1
+        progress.step(step, lr, time.time() - t0, res, flops)
+    progress.bar.close()
+    summary = {"steps": step, "seconds": time.time() - t_start, "skips": skips.summary()}
     if d.master:
-        log.write({"kind": "summary", **summary})
-        log.close()
-        plot_losses(log_path, out / "loss.png", tc.extra.get("phase", "training"))
+        finish_log(log, log_path, summary, tc)
         lock.close()
-        if summary["skips"]["skipped"] or summary["skips"]["truncated"]:
-            print(f"data: skipped {summary['skips']['skipped']} bad samples {summary['skips']['by_reason']}, "
-                  f"truncated {summary['skips']['truncated']}")
     return summary
 
 
-@torch.no_grad()
-def evaluate_loss(model, val_ds, tc, d):
-    from nanoocr.data import make_loader
-    model.eval()
-    # every rank reads its own slice of the same fixed validation samples
-    loader = iter(make_loader(val_ds, tc.batch_size, start=0, rank=d.rank, world=d.world, workers=0))
-    total, count, cos = 0.0, 0, None
-    for _ in range(tc.eval_batches):
-        b = next(loader)
-        if b["inputs"] is None:
-            continue
-        b = to_device(b, d.device)
-        with autocast_ctx(d.device, tc.dtype):
-            total += model(b["inputs"], b["targets"], views=b["views"]).item()
-            if cos is None and b["views"] is not None and len(b["views"]) > 1:
-                cos = collapse_stats(model, b["views"])
-        count += 1
-    ev = {"val_loss": all_mean(total / max(1, count), d)}
-    for k, v in (cos or {}).items():
-        ev[f"cos_{k}"] = all_mean(v, d)
-    return ev
+def finish_log(log, log_path, summary, tc):
+    """The summary row, the loss plot, and a line about bad samples when there were any."""
+    log.write({"kind": "summary", **summary})
+    log.close()
+    plot_losses(log_path, Path(tc.out_dir) / "loss.png", tc.extra.get("phase", "training"))
+    s = summary["skips"]
+    if s["skipped"] or s["truncated"]:
+        print(f"data: skipped {s['skipped']} bad samples {s['by_reason']}, truncated {s['truncated']}")
 
 
 # ----------------------------------------------------------------------------- script glue
-
-def add_args(p, **defaults):
-    """Arguments both phase scripts take; `defaults` are each phase's recipe."""
-    g = p.add_argument_group("data")
-    g.add_argument("--data", nargs="+", default=["synth"],
-                   help="sources: synth | synth:heldout | FILE.jsonl | local HF dataset folder | text:FILE.jsonl")
-    g.add_argument("--data-weights", type=float, nargs="+", default=None, help="mixture weights for --data")
-    g.add_argument("--text-data", default=None, help="text-only chat JSONL mixed in at --text-ratio")
-    g.add_argument("--text-ratio", type=float, default=defaults.get("text_ratio", 0.0))
-    g.add_argument("--val-data", default="synth:heldout", help="validation source ('' for none)")
-    g.add_argument("--mode", default=defaults.get("mode", "base"), help="tiny|small|base|large|gundam")
-    g.add_argument("--seq-len", type=int, default=None, help="default: the decoder's sequence_len")
-    g.add_argument("--synth-kinds", default=None, help="synthetic kinds, e.g. line:3,paragraph:1")
-    g.add_argument("--synth-limit", type=int, default=0, help="use only the first N synthetic samples (overfit)")
-    g.add_argument("--synth-set", nargs="*", default=[], metavar="FIELD=VALUE",
-                   help="SynthConfig overrides for the training data, e.g. line_chars=3,12 augment=0.3")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--train", default=defaults["train"], help=f"policy {sorted(POLICIES)} or comma list of parts")
-    g.add_argument("--steps", type=int, default=defaults.get("steps", 1000))
-    g.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 8), help="per rank, per micro-step")
-    g.add_argument("--total-batch-size", type=int, default=defaults.get("total_batch_size", 0))
-    g.add_argument("--lr", type=float, default=defaults["lr"])
-    g.add_argument("--glyph-weight", type=float, default=defaults.get("glyph_weight", 0.0),
-                   help="weight of the dense reading loss: each vision token must name the character in its "
-                        "cell (synthetic data, which knows where it drew each character)")
-    g.add_argument("--align-weight", type=float, default=defaults.get("align_weight", 0.0),
-                   help="weight of the alignment loss: attention head 0 of decoder layers 0 and 1 is told which "
-                        "vision token holds the character being read (synthetic data)")
-    g.add_argument("--vision-lr-mult", type=float, default=defaults.get("vision_lr_mult", 1.0),
-                   help="SAM, compressor and CLIP train at lr times this")
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
-    g.add_argument("--warmup-ratio", type=float, default=0.03)
-    g.add_argument("--step-size", type=int, default=2000, help="StepLR period (schedule=step)")
-    g.add_argument("--grad-clip", type=float, default=1.0)
-    g.add_argument("--grad-checkpoint", action="store_true", help="recompute SAM's global blocks in backward")
-    g.add_argument("--compile", action="store_true")
-    g.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="autocast: auto = bf16 on CUDA, fp32 on CPU")
-    g = p.add_argument_group("run")
-    g.add_argument("--out", required=True, help="output folder (model/, deepencoder.safetensors, ckpt/, logs)")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/ckpt exactly")
-    g.add_argument("--eval-every", type=int, default=200)
-    g.add_argument("--eval-batches", type=int, default=4)
-    g.add_argument("--save-every", type=int, default=500)
-    g.add_argument("--workers", type=int, default=1, help="DataLoader workers per rank")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--stop-after", type=int, default=0, help="stop after this step (simulates a crash)")
-    g.add_argument("--device", default="auto")
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    g.add_argument("--run", default=None, help="wandb run name (logs to wandb only when given)")
-    return p
-
-
-def train_config(args, phase):
-    return TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, total_batch_size=args.total_batch_size, lr=args.lr,
-        vision_lr_mult=args.vision_lr_mult, glyph_weight=args.glyph_weight, align_weight=args.align_weight,
-        weight_decay=args.weight_decay, schedule=args.schedule, warmup_ratio=args.warmup_ratio,
-        step_size=args.step_size, grad_clip=args.grad_clip, eval_every=args.eval_every,
-        eval_batches=args.eval_batches, save_every=args.save_every, compile=args.compile, dtype=args.dtype,
-        grad_checkpoint=args.grad_checkpoint, workers=args.workers, seed=args.seed, out_dir=args.out,
-        stop_after=args.stop_after, run=args.run,
-        extra={"phase": phase, "train": args.train, "mode": args.mode, "data": args.data,
-               "text_ratio": args.text_ratio})
-
 
 def build_datasets(args, model, tokenizer):
     """-> (train dataset, val dataset or None, find_unused_parameters)."""
@@ -611,18 +627,14 @@ def build_datasets(args, model, tokenizer):
 
 def run_phase(args, model, tokenizer, phase, d):
     """Apply the freeze policy, train, and write OUT/model + OUT/deepencoder.safetensors."""
-    from nanoocr import checkpoint as ck
-
     if args.threads:
         torch.set_num_threads(args.threads)
     trainable = apply_freeze(model, parse_policy(args.train))
     summary = param_summary(model)
-    if d.master:
-        print(f"{phase}: training {len(trainable)} tensors")
-        for part, c in summary.items():
-            print(f"  {part:11s} trainable {c['trainable'] / 1e6:9.3f}M  frozen {c['frozen'] / 1e6:9.3f}M")
+    print0(f"{phase}: training {len(trainable)} tensors")
+    for part, c in summary.items():
+        print0(f"  {part:11s} trainable {c['trainable'] / 1e6:9.3f}M  frozen {c['frozen'] / 1e6:9.3f}M")
     train_ds, val_ds, find_unused = build_datasets(args, model, tokenizer)
-    tc = train_config(args, phase)
     out = Path(args.out)
     resume = out / "ckpt" if args.resume else None
     if resume and not ck.has_training_state(resume):
@@ -632,12 +644,9 @@ def run_phase(args, model, tokenizer, phase, d):
         ck.save_model(m, out / "model", tokenizer, meta={"phase": phase, "step": step, "train": args.train})
         ck.save_deepencoder(m, out / "deepencoder.safetensors")
 
-    result = fit(model, tokenizer, train_ds, val_ds, tc, d, resume=resume, find_unused=find_unused,
+    result = fit(model, train_ds, val_ds, train_config(args, phase), d, resume=resume, find_unused=find_unused,
                  on_save=on_save)
-    if d.ddp:
-        # a rank that exits while another still talks to it aborts the whole job ("terminate called ...")
-        dist.barrier()
-        dist.destroy_process_group()
+    teardown_dist(d)
     result["params"] = summary
     if d.master:
         (out / "summary.json").write_text(json.dumps(result, indent=2))

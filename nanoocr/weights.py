@@ -28,19 +28,22 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from nanoocr.checkpoint import (
+from nanoocr.checkpoint import save_model
+from nanoocr.fileio import (
     CheckpointError,
     atomic_path,
     atomic_write_json,
+    check_state_dict,
     read_json,
     read_safetensors,
+    read_weight_map,
     resolve_dir,
-    save_model,
     write_safetensors,
 )
 from nanoocr.gpt import table_rows
-from nanoocr.model import PARTS, NanoDeepseekOCR, part_of
+from nanoocr.model import PARTS, NanoDeepseekOCR, build_model, part_of
 from nanoocr.presets import GPTConfig, OCRConfig, get_preset
+from nanoocr.tokenizer import Tokenizer
 
 # Without a tokenizer, rows for our special tokens (<|image|> and the grounding tokens) are reserved after
 # the nanochat vocab: 65536 + 6 = the d20 preset's 65542. Their ids come with the tokenizer later.
@@ -80,32 +83,20 @@ def _load_mapped(own, plan, tensors, source, ignore=lambda k: None, fresh=(), pr
     """Copy source tensors into the state dict `own` following plan = {our name: [source keys]} (several
     keys are concatenated along dim 0: q, k, v). Strict: every planned key present with the right shape,
     every source key planned or ignored with a documented reason. Raises before touching the model."""
-    planned = {s for srcs in plan.values() for s in srcs}
-    ignored, unexpected = defaultdict(list), []
-    for k in tensors:
-        if k in planned:
-            continue
-        reason = ignore(k)
+    expected, owners, ignored = {}, {}, defaultdict(list)
+    for ours, srcs in plan.items():
+        want = tuple(own[ours].shape)
+        for s in srcs:
+            expected[s] = (want[0] // len(srcs),) + want[1:] if want else want
+            owners[s] = prefix + ours
+    got = {}
+    for k, t in tensors.items():
+        reason = None if k in expected else ignore(k)
         if reason:
             ignored[reason].append(k)
         else:
-            unexpected.append(k)
-    errors = []
-    missing = sorted(planned - set(tensors))
-    if missing:
-        errors.append(f"missing {len(missing)} key(s): {', '.join(missing[:12])}"
-                      + (" ..." if len(missing) > 12 else ""))
-    if unexpected:
-        errors.append(f"unexpected {len(unexpected)} key(s): {', '.join(sorted(unexpected)[:12])}")
-    for ours, srcs in plan.items():
-        want = tuple(own[ours].shape)
-        part = (want[0] // len(srcs),) + want[1:] if want else want
-        for s in srcs:
-            if s in tensors and tuple(tensors[s].shape) != part:
-                errors.append(f"{s}: shape {tuple(tensors[s].shape)} in the file but {prefix}{ours} "
-                              f"needs {part}")
-    if errors:
-        raise CheckpointError(f"{source}: " + "; ".join(errors))
+            got[k] = t
+    check_state_dict(expected, got, source, owners)
     for ours, srcs in plan.items():
         t = tensors[srcs[0]] if len(srcs) == 1 else torch.cat([tensors[s] for s in srcs])
         own[ours].copy_(t)
@@ -151,9 +142,8 @@ def _read_hf_weights(folder):
     for index_name, read in indexes:
         index = folder / index_name
         if index.is_file():
-            weight_map = read_json(index, "weights index").get("weight_map", {})
             tensors = {}
-            for shard in sorted(set(weight_map.values())):
+            for shard in read_weight_map(index):
                 tensors.update(read(folder / shard))
             return tensors, str(index)
     if (folder / "model.safetensors").is_file():
@@ -450,8 +440,7 @@ def _safetensors_files(path):
                                 f"shards, optionally model.safetensors.index.json)")
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = read_json(index, "weights index").get("weight_map", {})
-        return [path / f for f in sorted(set(weight_map.values()))], str(index)
+        return [path / f for f in read_weight_map(index)], str(index)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors files (expected the DeepSeek-OCR release)")
@@ -525,7 +514,6 @@ def export_deepseek_ocr(model, path, max_shard_bytes=None):
 def _load_tokenizer(tokenizer):
     if tokenizer is None or hasattr(tokenizer, "vocab_size"):
         return tokenizer
-    from nanoocr.tokenizer import Tokenizer
     path = resolve_dir(tokenizer, "tokenizer folder")
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such tokenizer folder (expected tokenizer.json or nanochat's "
@@ -568,8 +556,7 @@ def import_weights(out, preset="deepseek-d20", sam=None, clip=None, nanochat=Non
     else:
         notes.append(f"no tokenizer: vocab_size {cfg.gpt.vocab_size} from the preset; image_token_id unset")
     cfg.validate()
-    torch.manual_seed(seed)
-    model = NanoDeepseekOCR(cfg).init_weights()
+    model = build_model(cfg, tok, seed)
     reports = []
     if deepseek_ocr is not None:
         reports.append(load_deepseek_ocr(model, deepseek_ocr))
@@ -579,7 +566,6 @@ def import_weights(out, preset="deepseek-d20", sam=None, clip=None, nanochat=Non
         reports.append(load_hf_clip(model, clip))
     if nanochat is not None:
         reports.append(load_nanochat(model, nanochat))
-    model.image_token_id = tok.image_id if tok is not None else None
     loaded = {k for r in reports for k in r.loaded}
     fresh_rows = [f for r in reports for f in r.fresh if "[" in f]  # e.g. grown vocab rows
     parts = {}

@@ -9,4 +9,4 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
         || echo "chromium not installed: the browser test will be skipped"
 fi
 ruff check nanoocr scripts tests
-python -m pytest -q "$@"
+python -m pytest -q "$@"  # every test, the slow ones included; -m "not slow" for a quick run

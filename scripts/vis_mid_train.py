@@ -14,7 +14,8 @@ import argparse
 import torch
 
 from nanoocr import checkpoint as ck
-from nanoocr.train import add_args, run_phase, setup_dist
+from nanoocr.common import setup_dist
+from nanoocr.train import add_args, run_phase
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", required=True, help="model folder: config, tokenizer and decoder weights")
@@ -25,9 +26,7 @@ add_args(parser, train="finetune", lr=2e-5, steps=1000, batch_size=8, text_ratio
 if __name__ == "__main__":
     args = parser.parse_args()
     d = setup_dist(args.device)
-    model, tok, _ = ck.load_model(args.model)
-    if tok is None:
-        raise SystemExit(f"{args.model}: no tokenizer.json in the model folder")
+    model, tok, _ = ck.load_model(args.model, need_tokenizer=True)
     ck.load_deepencoder(model, args.resume_from_deepencoder)
     if args.fresh_decoder:
         torch.manual_seed(args.seed)

@@ -10,13 +10,12 @@ tier-1 recipe (everything trains), which a model built from scratch needs.
 
 import argparse
 
-import torch
-
 from nanoocr import checkpoint as ck
-from nanoocr.model import NanoDeepseekOCR
+from nanoocr.common import setup_dist
+from nanoocr.model import build_model
 from nanoocr.presets import apply_overrides, get_preset
 from nanoocr.tokenizer import Tokenizer
-from nanoocr.train import add_args, run_phase, setup_dist
+from nanoocr.train import add_args, run_phase
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", default=None, help="model folder to start from (e.g. from import-weights)")
@@ -29,18 +28,13 @@ add_args(parser, train="align", lr=1e-3, steps=1000, batch_size=8)
 
 def build(args):
     if args.model:
-        model, tok, _ = ck.load_model(args.model)
-        if tok is None:
-            raise FileNotFoundError(f"{args.model}: no tokenizer.json in the model folder")
+        model, tok, _ = ck.load_model(args.model, need_tokenizer=True)
         return model, tok
     if not args.tokenizer:
         raise SystemExit("give --model DIR, or --preset with --tokenizer DIR")
     tok = Tokenizer.from_directory(args.tokenizer)
     cfg = apply_overrides(get_preset(args.preset, vocab_size=tok.vocab_size), args.cfg)
-    torch.manual_seed(args.seed)
-    model = NanoDeepseekOCR(cfg).init_weights()
-    model.image_token_id = tok.image_id
-    return model, tok
+    return build_model(cfg, tok, seed=args.seed), tok
 
 
 if __name__ == "__main__":

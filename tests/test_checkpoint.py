@@ -8,10 +8,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import byte_tokenizer, tiny_model
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from nanoocr import checkpoint as ck
+from nanoocr import fileio
 from nanoocr.checkpoint import CheckpointError
 from nanoocr.image import collate_views, make_views
 from nanoocr.model import NanoDeepseekOCR
@@ -21,11 +23,7 @@ IMG = 7
 
 
 def tiny(seed=0, **gpt):
-    torch.manual_seed(seed)
-    m = NanoDeepseekOCR(get_preset("tiny", **gpt)).init_weights()
-    torch.nn.init.normal_(m.gpt.lm_head.weight, std=0.3)  # zero-init head would make every logit equal
-    m.image_token_id = IMG
-    return m
+    return tiny_model(seed, IMG, **gpt)
 
 
 def batch(cfg):
@@ -84,7 +82,7 @@ def test_save_model_crash_keeps_previous(tmp_path, monkeypatch):
         open(path, "wb").write(b"partial")
         raise KeyboardInterrupt  # killed mid-write
 
-    monkeypatch.setattr(ck, "save_file", boom)
+    monkeypatch.setattr(fileio, "save_file", boom)
     with pytest.raises(KeyboardInterrupt):
         ck.save_model(tiny(seed=9), tmp_path / "m")
     monkeypatch.undo()
@@ -177,16 +175,16 @@ def test_repo_id_goes_through_huggingface_hub(tmp_path, monkeypatch):
         ck.load_model("hf:someorg/mymodel")
 
 
-def test_model_tokenizer_plumbing(tmp_path, stand_in_tokenizer):
+def test_model_tokenizer_plumbing(tmp_path):
     m = tiny()
     m.image_token_id = None
-    d = ck.save_model(m, tmp_path / "m", tokenizer=stand_in_tokenizer(290, 288))
+    d = ck.save_model(m, tmp_path / "m", tokenizer=byte_tokenizer(290, 288))
     m2, tok, _ = ck.load_model(d)
     assert (tok.vocab_size, tok.image_id, m2.image_token_id) == (290, 288, 288)  # id from the tokenizer
     with pytest.raises(ValueError, match="tokenizer has 301 tokens but the decoder only 300"):
-        ck.save_model(m, tmp_path / "m", tokenizer=stand_in_tokenizer(301, 288))
-    (d / "tokenizer.json").write_text(json.dumps({"vocab_size": 290, "image_id": 5}))
-    with pytest.raises(CheckpointError, match=r"tokenizer\.json: <\|image\|> is id 5 but .*token_id 288"):
+        ck.save_model(m, tmp_path / "m", tokenizer=byte_tokenizer(301, 288))
+    byte_tokenizer(290, 280).save(d)
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json: <\|image\|> is id 280 but .*token_id 288"):
         ck.load_model(d)
 
 
@@ -196,21 +194,21 @@ def test_model_tokenizer_plumbing(tmp_path, stand_in_tokenizer):
 
 def test_atomic_writes(tmp_path, monkeypatch):
     p = tmp_path / "sub" / "x.json"
-    ck.atomic_write_json(p, {"a": 1})
+    fileio.atomic_write_json(p, {"a": 1})
     assert json.loads(p.read_text()) == {"a": 1}
 
     def fail(*a):
         raise OSError("disk full")
 
     t = torch.arange(12.0)
-    ck.write_safetensors(tmp_path / "t.safetensors", {"a": t, "b": t, "c": t.view(3, 4).t(), "d": t[2:5]})
-    back, _ = ck.read_safetensors(tmp_path / "t.safetensors")  # shared and strided tensors are written
+    fileio.write_safetensors(tmp_path / "t.safetensors", {"a": t, "b": t, "c": t.view(3, 4).t(), "d": t[2:5]})
+    back, _ = fileio.read_safetensors(tmp_path / "t.safetensors")  # shared and strided tensors are written
     assert torch.equal(back["b"], t) and torch.equal(back["c"], t.view(3, 4).t())
     assert back["d"].tolist() == [2, 3, 4]
 
-    monkeypatch.setattr(ck.os, "replace", fail)
+    monkeypatch.setattr(fileio.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
-        ck.atomic_write_bytes(p, b"new")
+        fileio.atomic_write_bytes(p, b"new")
     assert json.loads(p.read_text()) == {"a": 1} and [q.name for q in p.parent.iterdir()] == ["x.json"]
 
 

@@ -5,36 +5,26 @@ import random
 
 import pytest
 import torch
+from conftest import tiny_model
 from PIL import Image
 
 from nanoocr.engine import Engine, ngram_ban_mask, sample
 from nanoocr.image import collate_views, make_views, num_image_tokens
-from nanoocr.model import NanoDeepseekOCR
-from nanoocr.presets import get_preset
 
 IMG = 7  # <|image|> id for these tests
 N_NEW = 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the tiny model is all overhead: one thread is faster and does not stall on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = NanoDeepseekOCR(get_preset("tiny")).init_weights()
-    # nanochat zero-inits the head and the output projections: the outputs would not depend on context
-    torch.nn.init.normal_(m.gpt.lm_head.weight, std=0.5)
+    m = tiny_model(0, IMG, head_std=0.5)
+    # nanochat zero-inits the output projections too: the outputs would not depend on context
     for name, p in m.gpt.named_parameters():
         if name.endswith("c_proj.weight"):
             torch.nn.init.normal_(p, std=0.2)
-    m.image_token_id = IMG
     return m.eval()
 
 
@@ -197,14 +187,22 @@ def test_images_encoded_once(engine, model, monkeypatch, use_cache):
     assert calls == [3]
 
 
-def test_stream_gets_the_tokens_in_order(engine, model):
+def test_steps_give_the_tokens_in_order(engine, model):
     rows = mixed_rows(model.config)
-    full = run(engine, rows)
-    stop = full[2][3]
-    seen = []
-    out = run(engine, rows, stop_ids=[stop], stream=lambda r, t: seen.append((r, t)))
+    stop = run(engine, rows)[2][3]
+    out = run(engine, rows, stop_ids=[stop])
+    prompts, views = [p for p, _ in rows], collate_views([v for _, v in rows if v is not None])
+    kw = {"max_new_tokens": N_NEW, "banned_ids": [IMG], "stop_ids": [stop]}
+    steps = list(engine.generate_steps(prompts, views, **kw))
+    seen = [pair for step in steps for pair in step]
     assert [[t for r, t in seen if r == i] for i in range(len(rows))] == out
     assert len(seen) == sum(map(len, out))
+    early = []  # a caller that breaks out stops the generation there
+    for step in engine.generate_steps(prompts, views, **kw):
+        early.append(step)
+        if len(early) == 2:
+            break
+    assert early == steps[:2]
 
 
 def test_edge_cases(engine, model):

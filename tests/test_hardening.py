@@ -17,17 +17,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 from nanoocr import checkpoint as ck
 from nanoocr.cli import main as nanoocr
+from nanoocr.common import Dist
 from nanoocr.data import DataConfig, JsonlSource, Mixture, OCRDataset, SkipLog, SynthSource, _open_image, collate
 from nanoocr.inputs import Failure, InputError, Page, iter_pages, load_image
 from nanoocr.model import NanoDeepseekOCR
 from nanoocr.presets import OCRConfig, get_preset
 from nanoocr.reader import Reader
-from nanoocr.train import Dist, TrainConfig, fit, plot_losses
+from nanoocr.train import TrainConfig, fit, plot_losses
 from nanoocr.web.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,14 +65,12 @@ WRONG_SHAPE = ['42', '{"messages": "hello"}', '{"image": "good.png", "text": 5}'
 
 
 def tiny_run(tokenizer, man, out, steps, resume=None):
-    cfg = get_preset("tiny", vocab_size=tokenizer.vocab_size)
-    torch.manual_seed(0)
-    model = NanoDeepseekOCR(cfg).init_weights()
-    model.image_token_id = tokenizer.image_id
+    model = tiny_model(0, tokenizer.image_id, head_std=0, vocab_size=tokenizer.vocab_size)
+    cfg = model.config
     ds = OCRDataset(Mixture([JsonlSource(man)]), tokenizer, cfg, DataConfig("tiny", 128))
     tc = TrainConfig(steps=steps, batch_size=2, save_every=1, eval_every=1000, workers=0, warmup_ratio=0.0,
                      out_dir=str(out))
-    return fit(model, tokenizer, ds, None, tc, Dist(), resume=resume)
+    return fit(model, ds, None, tc, Dist(), resume=resume)
 
 
 def test_1_wrong_shape_rows_are_bad_samples_in_training_and_resume(tokenizer, tmp_path):

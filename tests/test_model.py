@@ -2,6 +2,7 @@ import random
 
 import pytest
 import torch
+from conftest import tiny_model
 from PIL import Image
 
 from nanoocr import gpt as gpt_mod
@@ -15,11 +16,7 @@ IMG = 7  # <|image|> id for these tests
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = NanoDeepseekOCR(get_preset("tiny")).init_weights()
-    torch.nn.init.normal_(m.gpt.lm_head.weight, std=0.3)
-    m.image_token_id = IMG
-    return m.eval()
+    return tiny_model(0, IMG).eval()
 
 
 def test_d20_parameter_counts():

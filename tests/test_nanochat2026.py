@@ -11,6 +11,7 @@ import random
 
 import pytest
 import torch
+from conftest import tiny_model
 from PIL import Image
 
 from nanoocr import weights as W
@@ -28,12 +29,7 @@ NC = dict(sequence_len=256, vocab_size=200, n_layer=4, n_head=4, n_kv_head=2, n_
 T_LONG = 300  # past both window sizes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,8 +268,7 @@ IMG = 7
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = NanoDeepseekOCR(get_preset("tiny", n_layer=4, version=2026, window_pattern="SSSL")).init_weights()
+    m = tiny_model(0, head_std=0, n_layer=4, version=2026, window_pattern="SSSL")
     with torch.no_grad():  # nanochat's init zeroes projections and smear: make every mechanism visible
         for name, p in m.gpt.named_parameters():
             if name.endswith("c_proj.weight") or name == "lm_head.weight":

@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_short_speedrun_writes_model_and_report(tmp_path):
     env = dict(os.environ, NANOOCR_SKIP_INSTALL="1", NANOOCR_BASE_DIR=str(tmp_path), PRESET="tiny",
                P1_STEPS="4", P2_STEPS="2", BATCH="2", EVAL_N="3", WORKERS="0", EVAL_EVERY="2",

@@ -83,6 +83,7 @@ TINY = ["--synth-kinds", "line", "--batch-size", "5", "--workers", "0", "--eval-
         "--val-data", "", "--threads", "2"]
 
 
+@pytest.mark.slow
 def test_overfit_phase1_then_phase2(tok_dir, tmp_path):
     """The seed's tier-1 criterion: 10 samples memorised, greedy decoding reproduces all 10 exactly."""
     p1, p2 = tmp_path / "p1", tmp_path / "p2"
@@ -108,6 +109,7 @@ def test_overfit_phase1_then_phase2(tok_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith(("projector", "image_newline", "view_")))
 
 
+@pytest.mark.slow
 def test_glyph_loss_trains_the_encoder(tok_dir, tmp_path):
     """--glyph-weight: the dense reading loss is logged and falls (10 pages, every cell labelled by the generator)."""
     out = tmp_path / "g"
@@ -130,6 +132,7 @@ def test_alignment_loss_teaches_head_zero_where_to_read(tok_dir, tmp_path):
     assert len(align) == 60 and sum(align[-10:]) < 0.6 * sum(align[:10]), align
 
 
+@pytest.mark.slow
 def test_a_config_that_fails_every_sample_stops_with_its_reason(tok_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir),
                         "--train", "all", "--steps", "2", "--out", str(tmp_path / "x"), "--synth-set",
@@ -139,6 +142,7 @@ def test_a_config_that_fails_every_sample_stops_with_its_reason(tok_dir, tmp_pat
     assert "no usable sample" in r.stderr and "no word fits in 40 px at font size 300" in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tok_dir, tmp_path):
     common = ["-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir), "--train", "all",
               "--lr", "1e-3", *TINY]
@@ -152,6 +156,7 @@ def test_resume_is_exact(tok_dir, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text_ratio", ["0", "0.5"])
 def test_ddp_two_ranks_match_one(tok_dir, tmp_path, text_ratio):
     """2 gloo ranks x batch 2 == 1 rank x batch 4 (same global batch, same samples)."""
@@ -173,6 +178,7 @@ def test_ddp_two_ranks_match_one(tok_dir, tmp_path, text_ratio):
     assert worst < 1e-4, worst  # fp32 reduction order differs between 1 and 2 ranks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["deepencoder", "cnn"])
 def test_glyph_probe_runs(tok_dir, tmp_path, encoder):
     out = tmp_path / "probe.jsonl"

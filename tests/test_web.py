@@ -151,10 +151,12 @@ def test_concurrent_requests_queue_for_the_model(reader, monkeypatch):
             jobs = [c.post("/api/ocr", files={"file": (f"p{i}.png", png(text=str(i)))},
                            data={"max_new_tokens": "8"}) for i in range(20)]
             slow = asyncio.ensure_future(asyncio.gather(*jobs))
-            await asyncio.sleep(0.2)
-            health = await c.get("/healthz")  # answered while the queue is busy: the loop is not blocked
-            busy = not slow.done()
-            return await slow, health.json(), busy
+            health, busy = {"queued": 0}, False
+            while not slow.done() and not health["queued"]:  # the uploads are parsed first: poll, not one look
+                await asyncio.sleep(0.05)
+                health = (await c.get("/healthz")).json()  # answered while the queue is busy: no blocked loop
+                busy = not slow.done()
+            return await slow, health, busy
 
     responses, health, busy = asyncio.run(main())
     assert [r.status_code for r in responses] == [200] * 20
@@ -208,6 +210,7 @@ def chrome(tmp_path):
     return webdriver.Chrome(service=Service(driver_path), options=opts)
 
 
+@pytest.mark.slow
 def test_browser_upload(live_server, tmp_path):
     driver = chrome(tmp_path)
     from selenium.webdriver.common.by import By

@@ -11,6 +11,8 @@ from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 
+from conftest import byte_tokenizer, tiny_model  # noqa: E402
+
 from nanoocr import weights as W  # noqa: E402
 from nanoocr.checkpoint import CheckpointError, load_model  # noqa: E402
 from nanoocr.clip import ClipTrunk  # noqa: E402
@@ -264,8 +266,7 @@ def test_nanochat_bad_inputs(tmp_path):
 
 
 def _tiny_model(seed):
-    torch.manual_seed(seed)
-    return NanoDeepseekOCR(get_preset("tiny")).init_weights().eval()
+    return tiny_model(seed, head_std=0).eval()
 
 
 def _views(cfg):
@@ -393,18 +394,17 @@ def test_import_weights_deepseek_release(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(src.encode_images(views), model.encode_images(views)))
 
 
-def test_import_weights_tokenizer_plumbing(tmp_path, stand_in_tokenizer):
-    StandInTokenizer = stand_in_tokenizer
+def test_import_weights_tokenizer_plumbing(tmp_path):
     (tmp_path / "tok").mkdir()
-    StandInTokenizer(262, 257).save(tmp_path / "tok")
-    W.save_nanochat(tiny_gpt(0), tmp_path / "nc", step=1)  # 250 rows
+    byte_tokenizer(292, 285).save(tmp_path / "tok")
+    W.save_nanochat(tiny_gpt(0, vocab_size=280), tmp_path / "nc", step=1)  # 280 rows
     summary = W.import_weights(tmp_path / "m", "tiny", nanochat=tmp_path / "nc", tokenizer=tmp_path / "tok",
                                verbose=False)
-    assert summary["vocab_size"] == 262 and summary["image_token_id"] == 257
+    assert summary["vocab_size"] == 292 and summary["image_token_id"] == 285
     model, tok, _ = load_model(tmp_path / "m")
-    assert model.image_token_id == 257 and tok.vocab_size == 262 and model.config.gpt.vocab_size == 262
-    StandInTokenizer(240, 239).save(tmp_path / "tok")
-    with pytest.raises(ValueError, match="240 tokens, fewer than the nanochat checkpoint's 250"):
+    assert model.image_token_id == 285 and tok.vocab_size == 292 and model.config.gpt.vocab_size == 292
+    byte_tokenizer(275, 273).save(tmp_path / "tok")
+    with pytest.raises(ValueError, match="275 tokens, fewer than the nanochat checkpoint's 280"):
         W.import_weights(tmp_path / "m2", "tiny", nanochat=tmp_path / "nc", tokenizer=tmp_path / "tok")
 
 

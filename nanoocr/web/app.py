@@ -231,37 +231,90 @@ def page_result(n, image, result):
                       seconds=round(result.seconds, 4))
 
 
+class ModelWorker:
+    """The one thread that uses the model, and the count of batches waiting for it (for /healthz)."""
+
+    def __init__(self, reader, timeout_s):
+        self.reader, self.timeout_s = reader, timeout_s
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanoocr-model")
+        self.queued, self.lock = 0, threading.Lock()
+
+    def _generate(self, images, prompt, ref, mode, max_new_tokens, deadline):
+        """Runs on the worker thread: one batch of a request's pages."""
+        with self.lock:
+            self.queued -= 1
+        late = lambda: time.monotonic() > deadline
+        if late():  # the request may have waited out its time in the queue
+            raise Deadline
+        results = self.reader.read(images, prompt=prompt, ref=ref, mode=mode, max_new_tokens=max_new_tokens,
+                                   stop=late)
+        if late():  # the reading stopped at the deadline (or ran past it)
+            raise Deadline
+        return results
+
+    async def read(self, images, prompt, ref, mode, max_new_tokens, deadline):
+        """Results for one batch of pages, read on the worker thread; failures as HTTP errors."""
+        with self.lock:
+            self.queued += 1
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.pool, self._generate, images, prompt, ref, mode,
+                                              max_new_tokens, deadline)
+        except Deadline:
+            raise HTTPException(504, f"no answer within the server's {self.timeout_s:g} s timeout") from None
+        except ValueError as e:  # the request does not fit the model (prompt + pages over its context)
+            raise HTTPException(422, f"cannot read this request: {e}") from None
+        except Exception as e:  # e.g. out of memory: say what went wrong rather than a bare 500
+            raise HTTPException(500, f"generation failed: {type(e).__name__}: {e}") from None
+
+
+def check_form(reader, prompt, mode, ref, max_new_tokens):
+    """The form's fields, empty ones as not given (a browser sends them); HTTP 422 naming a bad one."""
+    from nanoocr.prompts import prompt_text
+    mode, prompt, ref = mode or None, prompt or "markdown", ref or None
+    if mode is not None and mode not in MODES:
+        raise HTTPException(422, f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if max_new_tokens is not None and max_new_tokens > reader.max_new_tokens:
+        raise HTTPException(422, f"max_new_tokens {max_new_tokens} is over this server's cap of "
+                                 f"{reader.max_new_tokens}")
+    try:
+        prompt_text(prompt, ref)
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
+    return prompt, mode, ref
+
+
+async def read_upload(file, limit, max_upload_mb, dpi, max_pages, max_pixels):
+    """The uploaded file -> (page count, page iterator, warning); HTTP 413 or 400 when it cannot be read."""
+    from nanoocr.inputs import InputError
+    data = await file.read(limit + 1)  # the body cap allows a little slack for the form around the file
+    if len(data) > limit:
+        raise HTTPException(413, f"upload too large: the limit is {max_upload_mb:g} MB")
+    try:
+        return await run_in_threadpool(open_upload, data, file.filename or "upload", dpi, max_pages, max_pixels)
+    except InputError as e:
+        raise HTTPException(400, str(e)) from None
+    except TooManyPixels as e:
+        raise HTTPException(413, str(e)) from None
+
+
 def create_app(reader, max_upload_mb=20, max_pages=20, timeout_s=120, batch_size=4, dpi=144, model_name=None,
                max_pixels=100 * MP, local_only=False):
     """The app over `reader`. Its model is only ever used from the one worker thread made here.
     local_only: refuse Host headers that are no loopback name (set when the server is bound to localhost)."""
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanoocr-model")
-    queued = 0
-    queued_lock = threading.Lock()
+    worker = ModelWorker(reader, timeout_s)
     limit = int(max_upload_mb * MB)
 
     @asynccontextmanager
     async def lifespan(app):
         yield
-        worker.shutdown(wait=False, cancel_futures=True)
+        worker.pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="nano-deepseek-ocr", summary="DeepSeek-OCR-style reading of images and PDFs",
                   description=__doc__, lifespan=lifespan, docs_url=None)
     app.add_middleware(UploadLimit, limit=limit + FORM_SLACK)
     app.add_middleware(SameOrigin, local_only=local_only)  # added last: runs first
     index = PAGE.read_text(encoding="utf-8")
-
-    def generate(images, prompt, ref, mode, max_new_tokens, deadline):
-        """Runs on the worker thread: one batch of a request's pages."""
-        nonlocal queued
-        with queued_lock:
-            queued -= 1
-
-        def check(*_):  # the engine calls this with each new token: a raise stops generation there
-            if time.monotonic() > deadline:
-                raise Deadline
-        check()  # the request may have waited out its time in the queue
-        return reader.read(images, prompt=prompt, ref=ref, mode=mode, max_new_tokens=max_new_tokens, stream=check)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home():
@@ -275,36 +328,15 @@ def create_app(reader, max_upload_mb=20, max_pages=20, timeout_s=120, batch_size
     @app.get("/healthz")
     def healthz():
         return {"status": "ok", "model": model_name or "nanoocr", "device": str(reader.device),
-                "mode": reader.mode, "queued": queued}
+                "mode": reader.mode, "queued": worker.queued}
 
     @app.post("/api/ocr", response_model=OCRResponse)
     async def ocr(file: FileField, prompt: PromptField = "markdown", mode: ModeField = None, ref: RefField = None,
                   max_new_tokens: TokensField = None):
         from nanoocr.inputs import InputError
-        from nanoocr.prompts import prompt_text
-        nonlocal queued
         deadline = time.monotonic() + timeout_s
-        mode, prompt, ref = mode or None, prompt or "markdown", ref or None  # a browser sends empty fields
-        if mode is not None and mode not in MODES:
-            raise HTTPException(422, f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if max_new_tokens is not None and max_new_tokens > reader.max_new_tokens:
-            raise HTTPException(422, f"max_new_tokens {max_new_tokens} is over this server's cap of "
-                                     f"{reader.max_new_tokens}")
-        try:
-            prompt_text(prompt, ref)
-        except ValueError as e:
-            raise HTTPException(422, str(e)) from None
-        data = await file.read(limit + 1)  # the body cap allows a little slack for the form around the file
-        if len(data) > limit:
-            raise HTTPException(413, f"upload too large: the limit is {max_upload_mb:g} MB")
-        name = file.filename or "upload"
-        try:
-            n, pages, warning = await run_in_threadpool(open_upload, data, name, dpi, max_pages, max_pixels)
-        except InputError as e:
-            raise HTTPException(400, str(e)) from None
-        except TooManyPixels as e:
-            raise HTTPException(413, str(e)) from None
-        loop = asyncio.get_running_loop()
+        prompt, mode, ref = check_form(reader, prompt, mode, ref, max_new_tokens)
+        n, pages, warning = await read_upload(file, limit, max_upload_mb, dpi, max_pages, max_pixels)
         results = []
         try:
             # batch_size pages at a time: rendered, read, turned into results, then let go
@@ -315,17 +347,7 @@ def create_app(reader, max_upload_mb=20, max_pages=20, timeout_s=120, batch_size
                     raise HTTPException(400, str(e)) from None
                 if not images:
                     break
-                with queued_lock:
-                    queued += 1
-                try:
-                    read = await loop.run_in_executor(worker, generate, images, prompt, ref, mode, max_new_tokens,
-                                                      deadline)
-                except Deadline:
-                    raise HTTPException(504, f"no answer within the server's {timeout_s:g} s timeout") from None
-                except ValueError as e:  # the request does not fit the model (prompt + pages over its context)
-                    raise HTTPException(422, f"cannot read this request: {e}") from None
-                except Exception as e:  # e.g. out of memory: say what went wrong rather than a bare 500
-                    raise HTTPException(500, f"generation failed: {type(e).__name__}: {e}") from None
+                read = await worker.read(images, prompt, ref, mode, max_new_tokens, deadline)
                 # overlays and PNG encoding are CPU work for any thread but the model's
                 first = len(results) + 1
                 results += await run_in_threadpool(lambda ims=images, rs=read, k=first: [
