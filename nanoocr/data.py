@@ -297,8 +297,8 @@ def token_cells(ids, mask, glyphs, size, ds):
     cell holds the centre of the character the token spells (its first non-space character), -1 elsewhere.
     The generator lists glyphs in text order without spaces, so the k-th drawn character is the k-th glyph."""
     cfg, mode = ds.cfg, ds.dcfg.mode
-    g = grid_side(cfg.sizes[mode], cfg.sam.patch_size)
-    cell = 4 * cfg.sam.patch_size
+    (g, _), = token_grids(*size, mode, cfg)
+    cell = cell_px(cfg)
     sx, sy, ox, oy = view_geometry(*size, mode, cfg)
     first = ids.index(ds.tok.image_id)
     out = np.full(len(ids), -1, dtype=np.int64)

@@ -21,7 +21,7 @@ from nanoocr.data import (
     open_source,
 )
 from nanoocr.image import num_image_tokens
-from nanoocr.presets import get_preset
+from nanoocr.presets import apply_overrides, get_preset
 from nanoocr.synth import SynthConfig
 
 datasets = pytest.importorskip("datasets")
@@ -122,7 +122,7 @@ def test_loader_with_workers_matches_in_process(tokenizer):
 
 
 def test_glyph_targets_follow_the_view_geometry():
-    cfg = get_preset("cpu")  # base view 256 px, 8x8 cells of 32 px
+    cfg = apply_overrides(get_preset("cpu"), ["sam.patch_size=8"])  # base view 256 px, 8x8 cells of 32 px
     ids = {" ": 0, "a": 1, "b": 2, "c": 3, "d": 4}
     glyphs = [("a", 10, 5), ("b", 100, 40), ("c", 200, 10), ("d", 210, 12)]
     lab = glyph_targets(glyphs, (256, 64), "base", cfg, ids.get)  # padded: the image sits in view rows 96-159
