@@ -156,13 +156,16 @@ class NanoDeepseekOCR(nn.Module):
         return idx.masked_fill(idx == self.image_token_id, -1)
 
     def forward(self, idx, targets=None, views=None, kv_cache=None, loss_reduction="mean", glyphs=None,
-                align=None):
+                align=None, decode=True):
         """idx (B, T); views: a ViewBatch for the images of all rows in order (None for text-only).
         Training aids from synthetic data, each -1 where unknown; with either, returns (out, {name: summed loss}):
           glyphs (n_vision_tokens,): the character in each vision token's cell (glyph_loss);
           align (2, B, T): the sequence position of the vision token holding the character each position
-            reads (row 0: its input character, row 1: the one it predicts), for head 0 of layers 0 and 1."""
+            reads (row 0: its input character, row 1: the one it predicts), for head 0 of layers 0 and 1.
+        decode=False skips the decoder (a glyph-only warm-up of the encoder): the decoder loss is a zero."""
         vision = self.encode_images(views) if views is not None else None
+        if not decode:
+            return self.projector.layers.weight.sum() * 0.0, {"glyph": self.glyph_loss(vision, glyphs, loss_reduction)}
         embeds = self.embed(idx, vision)
         out = self.gpt(self.decoder_ids(idx, vision), targets, embeds=embeds, kv_cache=kv_cache,
                        loss_reduction=loss_reduction, align=align)

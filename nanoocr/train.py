@@ -38,6 +38,7 @@ class TrainConfig:
     vision_lr_mult: float = 1.0  # SAM, compressor and CLIP train at lr * this
     glyph_weight: float = 0.0  # weight of the dense reading loss (model.glyph_loss) where data has glyph centres
     align_weight: float = 0.0  # weight of the attention alignment loss (head 0 of layers 0-1 onto the glyph's cell)
+    glyph_only: bool = False  # a warm-up of the encoder on the glyph loss alone: the decoder does not run
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.95)
     schedule: str = "cosine"
@@ -87,6 +88,8 @@ def add_args(p, **defaults):
     g.add_argument("--align-weight", type=float, default=D["align_weight"],
                    help="weight of the alignment loss: attention head 0 of decoder layers 0 and 1 is told which "
                         "vision token holds the character being read (synthetic data)")
+    g.add_argument("--glyph-only", action="store_true",
+                   help="train on the glyph loss alone, without running the decoder (an encoder warm-up)")
     g.add_argument("--vision-lr-mult", type=float, default=D["vision_lr_mult"],
                    help="SAM, compressor and CLIP train at lr times this")
     g.add_argument("--weight-decay", type=float, default=D["weight_decay"])
@@ -252,10 +255,12 @@ def micro_step(fwd, batch, tc, d, n_tok, n_aid):
     aids = active_aids(tc)
     kw = {labels: batch.get(labels) for labels, _, _ in aids.values()}
     with autocast_ctx(d.device, tc.dtype):
-        res = fwd(batch["inputs"], batch["targets"], views=batch["views"], loss_reduction="sum", **kw)
+        res = fwd(batch["inputs"], batch["targets"], views=batch["views"], loss_reduction="sum", **kw,
+                  **({"decode": False} if tc.glyph_only else {}))
     loss, total, aux = res, res, {}
     if aids:
         loss, aux = res
+        total = loss
         # each aid is a mean over the step's labelled cells/keys on all ranks, as the decoder's is over tokens
         for k, (_, _, weight) in aids.items():
             total = total + getattr(tc, weight) * aux[k] * (n_tok / n_aid[k])
@@ -472,15 +477,16 @@ def plot_losses(log_path, png_path, title):
     import matplotlib.pyplot as plt
     rows = read_rows(log_path)
     num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    tr = [(r["step"], r["loss"]) for r in rows
-          if r.get("kind") == "train" and num(r.get("step")) and num(r.get("loss"))]
-    va = [(r["step"], r["val_loss"]) for r in rows
-          if r.get("kind") == "eval" and num(r.get("step")) and num(r.get("val_loss"))]
+    curves = {}  # label -> [(step, value)]: the decoder's loss, the aids' losses, the validation loss
+    for r in rows:
+        kind = r.get("kind")
+        keys = {"train": ("loss", "glyph_loss", "align_loss"), "eval": ("val_loss",)}.get(kind, ())
+        for k in keys:
+            if num(r.get("step")) and num(r.get(k)) and r[k] > 0:  # a glyph-only warm-up logs a zero decoder loss
+                curves.setdefault("train" if k == "loss" else k, []).append((r["step"], r[k]))
     fig, ax = plt.subplots(figsize=(7, 4))
-    if tr:
-        ax.plot(*zip(*tr), label="train", lw=1)
-    if va:
-        ax.plot(*zip(*va), "o-", label="val")
+    for label, pts in curves.items():
+        ax.plot(*zip(*pts), "o-" if label == "val_loss" else "-", label=label, lw=1)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
@@ -622,11 +628,14 @@ def build_datasets(args, model, tokenizer):
     val = None
     if args.val_data:
         val = OCRDataset(Mixture([open_source(args.val_data, synth_cfg)], seed=12345), tokenizer, model.config, dcfg)
-    return train, val, bool(args.text_data and args.text_ratio > 0)
+    # DDP must not wait for gradients no sample gives: text-only batches skip the encoder, --glyph-only the decoder
+    return train, val, bool(args.text_data and args.text_ratio > 0) or args.glyph_only
 
 
 def run_phase(args, model, tokenizer, phase, d):
     """Apply the freeze policy, train, and write OUT/model + OUT/deepencoder.safetensors."""
+    if args.glyph_only and args.glyph_weight <= 0:
+        raise ValueError("--glyph-only trains on the glyph loss alone: give it a --glyph-weight > 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     trainable = apply_freeze(model, parse_policy(args.train))

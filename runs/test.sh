@@ -4,9 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . runs/env.sh "[test]"
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) \
-        || echo "chromium not installed: the browser test will be skipped"
+# the browser test drives chromium; `eval --compare tesseract` is tested against the real binary
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    need=()
+    command -v chromium >/dev/null 2>&1 || need+=(chromium chromium-driver)
+    command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr)
+    if [ ${#need[@]} -gt 0 ]; then
+        (apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null) \
+            || echo "not installed: ${need[*]}; the tests that need them will be skipped"
+    fi
 fi
-ruff check nanoocr scripts tests
+ruff check nanoocr scripts tests dev
 python -m pytest -q "$@"  # every test, the slow ones included; -m "not slow" for a quick run

@@ -108,7 +108,8 @@ def main(args):
            f"Decoder bits per byte on {len(texts)} held-out corpus paragraphs: after Phase 1 {before:.3f}, "
            f"after Phase 2 {after:.3f} (lower is better; Phase 2 mixes text-only chat in to keep this from rising)."]
 
-    md += ["", "## Loss curves", "", "![phase 1](phase1/loss.png)", "", "![phase 2](phase2/loss.png)"]
+    md += ["", "## Loss curves", ""]
+    md += [f"![{p}]({p}/loss.png)\n" for p in ("phase0", "phase1", "phase2") if (base / p / "loss.png").exists()]
     para = base / "eval" / "manifest.jsonl"
     rows_files = sorted((base / "eval").glob("*paragraph*.jsonl")) or ([para] if para.exists() else [])
     if rows_files:

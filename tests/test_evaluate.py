@@ -3,6 +3,7 @@ reader whose answers are known, the compression table, failures, bits per byte, 
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -146,3 +147,31 @@ def test_image_reliance_tells_a_reader_from_a_blind_model(tiny_model_dir, tmp_pa
         model.projector.layers.weight.zero_()
     r = image_reliance(model, tok, manifest, mode="base", n=6)
     assert r["own"] == pytest.approx(r["swapped"], abs=1e-6)
+
+
+def _eval_compare(tiny_model_dir, tmp_path, capsys):
+    from nanoocr.synth import SynthConfig, write_dataset
+    man = write_dataset(tmp_path / "heldout_line", 3, SynthConfig(kinds={"line": 1.0}), "heldout", progress=False)
+    code = nanoocr(["eval", "--model", str(tiny_model_dir), "--data", str(man), "--mode", "tiny",
+                    "--max-new-tokens", "6", "--device", "cpu", "--out", str(tmp_path / "eval"),
+                    "--compare", "tesseract"])
+    return code, capsys.readouterr().out, json.loads((tmp_path / "eval" / "heldout_line.summary.json").read_text())
+
+
+def test_compare_without_tesseract_says_so_and_keeps_our_scores(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no tesseract binary anywhere on PATH
+    code, out, summary = _eval_compare(tiny_model_dir, tmp_path, capsys)
+    assert code == 0 and "| line | 3 |" in out and "tesseract" not in summary
+    assert "no 'tesseract' on PATH" in out and "apt-get install tesseract-ocr" in out
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed (apt-get install tesseract-ocr)")
+def test_compare_tesseract_scores_the_same_samples(tiny_model_dir, tmp_path, capsys):
+    code, out, summary = _eval_compare(tiny_model_dir, tmp_path, capsys)
+    t = summary["tesseract"]
+    assert code == 0 and t["n"] == 3 and t["engine"].startswith("tesseract")
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "heldout_line.tesseract.jsonl").read_text().splitlines()]
+    ours = [json.loads(line) for line in (tmp_path / "eval" / "heldout_line.jsonl").read_text().splitlines()]
+    assert [r["ref"] for r in rows] == [r["ref"] for r in ours]  # the same samples, in the same order
+    assert t["by_kind"]["line"]["cer"] < 0.5  # clean synthetic lines: tesseract reads them
+    assert "nanoocr CER" in out and t["engine"] in out

@@ -121,6 +121,27 @@ def test_glyph_loss_trains_the_encoder(tok_dir, tmp_path):
     assert len(glyph) == 60 and sum(glyph[-10:]) < 0.5 * sum(glyph[:10]), glyph
 
 
+@pytest.mark.slow
+def test_glyph_only_warm_up_trains_the_encoder_and_leaves_the_decoder(tok_dir, tmp_path):
+    """--glyph-only: the decoder never runs (its blocks keep their init), the glyph loss falls."""
+    out = tmp_path / "g0"
+    _phase(["-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir), "--train", "all",
+            "--synth-limit", "10", "--steps", "60", "--lr", "3e-3", "--glyph-weight", "1", "--glyph-only",
+            "--out", str(out), "--synth-set", "font_size=18,22", "max_width=56", "augment=0", *TINY], ROOT)
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    glyph = [r["glyph_loss"] for r in log if r["kind"] == "train"]
+    assert len(glyph) == 60 and sum(glyph[-10:]) < 0.5 * sum(glyph[:10]), glyph
+    from safetensors.torch import load_file
+    sd = load_file(out / "model" / "model.safetensors")
+    torch.manual_seed(0)  # vis_tok_train's seed: the same init
+    fresh = NanoDeepseekOCR(get_preset("tiny", vocab_size=sd["gpt.lm_head.weight"].shape[0])).init_weights()
+    fresh = fresh.state_dict()
+    assert torch.equal(sd["gpt.transformer.h.0.attn.c_q.weight"], fresh["gpt.transformer.h.0.attn.c_q.weight"])
+    assert not torch.equal(sd["gpt.lm_head.weight"], fresh["gpt.lm_head.weight"])  # the glyph loss reads through it
+    assert not torch.equal(sd["sam_model.net_3.weight"], fresh["sam_model.net_3.weight"])
+
+
+@pytest.mark.slow
 def test_alignment_loss_teaches_head_zero_where_to_read(tok_dir, tmp_path):
     """--align-weight: logged, and falls well below its start (10 pages; every answer character's cell is known)."""
     out = tmp_path / "a"
