@@ -41,6 +41,19 @@ def cnn(vocab, depth_to_grid):
     return nn.Sequential(*layers, nn.Conv2d(c, c, 3, 1, 1), nn.ReLU(), nn.Conv2d(c, vocab, 1))
 
 
+def setup(args):
+    """What both dev experiments start from: threads, seed 0, the tokenizer, the preset with --cfg overrides,
+    and batches of the synthetic kinds/overrides in args (kinds, set, batch_size) with glyph labels."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tok = Tokenizer.from_directory(args.tokenizer)
+    cfg = apply_overrides(get_preset(args.preset, vocab_size=tok.vocab_size), args.cfg)
+    synth = SynthConfig(kinds=parse_kinds(args.kinds)).with_overrides(args.set)
+    ds = OCRDataset(Mixture([SynthSource(synth)]), tok, cfg, DataConfig("base", cfg.gpt.sequence_len, glyphs=True))
+    return tok, cfg, iter(make_loader(ds, args.batch_size, workers=1))
+
+
 def grid_labels(glyphs, n, g, space):
     # per-image (g*(g+1)+1) labels incl. layout tokens -> (n*g*g,) for the grid cells, spaces ignored
     lab = glyphs.view(n, -1)[:, :-1].reshape(n, g, g + 1)[:, :, :g].reshape(-1)
@@ -68,15 +81,7 @@ def main():
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU too)")
     p.add_argument("--out", default=None, help="JSONL of the reports")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    tok = Tokenizer.from_directory(args.tokenizer)
-    cfg = apply_overrides(get_preset(args.preset, vocab_size=tok.vocab_size), args.cfg)
-    synth = SynthConfig(kinds=parse_kinds(args.kinds)).with_overrides(args.set)
-    ds = OCRDataset(Mixture([SynthSource(synth)]), tok, cfg, DataConfig("base", cfg.gpt.sequence_len, glyphs=True))
-    loader = iter(make_loader(ds, args.batch_size, workers=1))
+    tok, cfg, loader = setup(args)
     g = grid_side(cfg.sizes["base"], cfg.sam.patch_size)
     space = tok.encode(" ")[0]
 

@@ -15,11 +15,8 @@ import time
 import torch
 import torch.nn as nn
 
-from nanoocr.data import DataConfig, Mixture, OCRDataset, SynthSource, make_loader
+from dev.glyph_probe import setup
 from nanoocr.model import NanoDeepseekOCR
-from nanoocr.presets import apply_overrides, get_preset
-from nanoocr.synth import SynthConfig, parse_kinds
-from nanoocr.tokenizer import Tokenizer
 
 
 def pack_1d(lab, n, space):
@@ -47,14 +44,7 @@ def main():
                    help="1d: the cells' characters packed in reading order at the start of each image's tokens")
     p.add_argument("--blank", choices=["learned", "zero"], default="learned")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    tok = Tokenizer.from_directory(args.tokenizer)
-    cfg = apply_overrides(get_preset(args.preset, vocab_size=tok.vocab_size), args.cfg)
-    synth = SynthConfig(kinds=parse_kinds(args.kinds)).with_overrides(args.set)
-    ds = OCRDataset(Mixture([SynthSource(synth)]), tok, cfg, DataConfig("base", cfg.gpt.sequence_len, glyphs=True))
-    loader = iter(make_loader(ds, args.batch_size, workers=1))
+    tok, cfg, loader = setup(args)
     model = NanoDeepseekOCR(cfg).init_weights()
     model.image_token_id = tok.image_id
     blank = nn.Parameter(torch.randn(cfg.gpt.n_embd))

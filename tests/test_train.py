@@ -109,15 +109,19 @@ def test_overfit_phase1_then_phase2(tok_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith(("projector", "image_newline", "view_")))
 
 
+def _aid_losses(tok_dir, out, flags, key):
+    """60 steps of the tiny preset on 10 pages with a training aid on -> the logged per-step aid loss."""
+    _phase(["-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir), "--train", "all",
+            "--synth-limit", "10", "--steps", "60", "--lr", "3e-3", *flags, "--out", str(out),
+            "--synth-set", "font_size=18,22", "max_width=56", "augment=0", *TINY], ROOT)
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in log if r["kind"] == "train"]
+
+
 @pytest.mark.slow
 def test_glyph_loss_trains_the_encoder(tok_dir, tmp_path):
     """--glyph-weight: the dense reading loss is logged and falls (10 pages, every cell labelled by the generator)."""
-    out = tmp_path / "g"
-    _phase(["-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir), "--train", "all",
-            "--synth-limit", "10", "--steps", "60", "--lr", "3e-3", "--glyph-weight", "1", "--out", str(out),
-            "--synth-set", "font_size=18,22", "max_width=56", "augment=0", *TINY], ROOT)
-    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    glyph = [r["glyph_loss"] for r in log if r["kind"] == "train"]
+    glyph = _aid_losses(tok_dir, tmp_path / "g", ["--glyph-weight", "1"], "glyph_loss")
     assert len(glyph) == 60 and sum(glyph[-10:]) < 0.5 * sum(glyph[:10]), glyph
 
 
@@ -125,11 +129,7 @@ def test_glyph_loss_trains_the_encoder(tok_dir, tmp_path):
 def test_glyph_only_warm_up_trains_the_encoder_and_leaves_the_decoder(tok_dir, tmp_path):
     """--glyph-only: the decoder never runs (its blocks keep their init), the glyph loss falls."""
     out = tmp_path / "g0"
-    _phase(["-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir), "--train", "all",
-            "--synth-limit", "10", "--steps", "60", "--lr", "3e-3", "--glyph-weight", "1", "--glyph-only",
-            "--out", str(out), "--synth-set", "font_size=18,22", "max_width=56", "augment=0", *TINY], ROOT)
-    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    glyph = [r["glyph_loss"] for r in log if r["kind"] == "train"]
+    glyph = _aid_losses(tok_dir, out, ["--glyph-weight", "1", "--glyph-only"], "glyph_loss")
     assert len(glyph) == 60 and sum(glyph[-10:]) < 0.5 * sum(glyph[:10]), glyph
     from safetensors.torch import load_file
     sd = load_file(out / "model" / "model.safetensors")
@@ -144,12 +144,7 @@ def test_glyph_only_warm_up_trains_the_encoder_and_leaves_the_decoder(tok_dir, t
 @pytest.mark.slow
 def test_alignment_loss_teaches_head_zero_where_to_read(tok_dir, tmp_path):
     """--align-weight: logged, and falls well below its start (10 pages; every answer character's cell is known)."""
-    out = tmp_path / "a"
-    _phase(["-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir), "--train", "all",
-            "--synth-limit", "10", "--steps", "60", "--lr", "3e-3", "--align-weight", "1", "--out", str(out),
-            "--synth-set", "font_size=18,22", "max_width=56", "augment=0", *TINY], ROOT)
-    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    align = [r["align_loss"] for r in log if r["kind"] == "train"]
+    align = _aid_losses(tok_dir, tmp_path / "a", ["--align-weight", "1"], "align_loss")
     assert len(align) == 60 and sum(align[-10:]) < 0.6 * sum(align[:10]), align
 
 
