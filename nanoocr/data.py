@@ -245,7 +245,7 @@ class OCRDataset(torch.utils.data.Dataset):
 
     def __init__(self, mixture, tokenizer, model_cfg, data_cfg):
         self.mix, self.tok, self.cfg, self.dcfg = mixture, tokenizer, model_cfg, data_cfg
-        self._char_ids = {}
+        self._char_ids, self._drawn = {}, {}
 
     def __len__(self):
         return 2**62
@@ -285,6 +285,13 @@ class OCRDataset(torch.utils.data.Dataset):
                              else torch.full((len(ids),), -1))
         return item
 
+    def drawn_chars(self, token):
+        """How many drawn (non-space) characters a token spells; cached, the answer tokens repeat."""
+        n = self._drawn.get(token)
+        if n is None:
+            n = self._drawn[token] = sum(not c.isspace() for c in self.tok.decode([token]))
+        return n
+
     def _char_id(self, c):
         ids = self._char_ids.get(c)
         if ids is None:
@@ -292,26 +299,29 @@ class OCRDataset(torch.utils.data.Dataset):
         return ids[0] if len(ids) == 1 else -1
 
 
+def glyph_grid(glyphs, size, mode, cfg):
+    """Where each glyph centre falls in the global view's token grid: (g, col (n,), row (n,)); may be outside."""
+    (g, _), = token_grids(*size, mode, cfg)
+    cell = cell_px(cfg)
+    sx, sy, ox, oy = view_geometry(*size, mode, cfg)
+    xy = np.array([(x, y) for _, x, y in glyphs], dtype=np.float64).reshape(-1, 2)
+    return (g, np.floor((xy[:, 0] * sx + ox) / cell).astype(np.int64),
+            np.floor((xy[:, 1] * sy + oy) / cell).astype(np.int64))
+
+
 def token_cells(ids, mask, glyphs, size, ds):
     """(len(ids),) for the alignment loss: at each answer token, the sequence position of the vision token whose
     cell holds the centre of the character the token spells (its first non-space character), -1 elsewhere.
     The generator lists glyphs in text order without spaces, so the k-th drawn character is the k-th glyph."""
-    cfg, mode = ds.cfg, ds.dcfg.mode
-    (g, _), = token_grids(*size, mode, cfg)
-    cell = cell_px(cfg)
-    sx, sy, ox, oy = view_geometry(*size, mode, cfg)
-    first = ids.index(ds.tok.image_id)
+    g, col, row = glyph_grid(glyphs, size, ds.dcfg.mode, ds.cfg)
+    inside = (col >= 0) & (col < g) & (row >= 0) & (row < g)
+    # + the layout's newline token after each row; -1 for a glyph outside the grid
+    where = np.append(np.where(inside, ids.index(ds.tok.image_id) + row * (g + 1) + col, -1), -1)
+    answer = np.flatnonzero(np.asarray(mask, dtype=bool))
+    n_chars = np.array([ds.drawn_chars(ids[p]) for p in answer], dtype=np.int64)
+    first = np.minimum(np.cumsum(n_chars) - n_chars, len(glyphs))  # index of each token's first glyph
     out = np.full(len(ids), -1, dtype=np.int64)
-    k = 0
-    for p in (i for i, m in enumerate(mask) if m):
-        piece = ds.tok.decode([ids[p]])
-        chars = [c for c in piece if not c.isspace()]
-        if chars and k < len(glyphs):
-            _, x, y = glyphs[k]
-            col, row = math.floor((x * sx + ox) / cell), math.floor((y * sy + oy) / cell)
-            if 0 <= col < g and 0 <= row < g:
-                out[p] = first + row * (g + 1) + col  # the layout puts a newline token after each row
-        k += len(chars)
+    out[answer] = np.where(n_chars > 0, where[first], -1)
     return torch.from_numpy(out)
 
 
@@ -321,16 +331,13 @@ def glyph_targets(glyphs, size, mode, cfg, char_id):
     loss) for cells holding several centres, cells of padding, and the newline/separator tokens."""
     if mode == "gundam":
         raise ValueError("glyph labels: gundam's local crops are not labelled; use base, large, tiny or small")
-    (g, _), = token_grids(*size, mode, cfg)
+    g, gx, gy = glyph_grid(glyphs, size, mode, cfg)
     cell = cell_px(cfg)
     sx, sy, ox, oy = view_geometry(*size, mode, cfg)
     cells = np.full((g, g), -1, dtype=np.int64)
     x0, y0, x1, y1 = (math.floor(v / cell) for v in (ox, oy, ox + size[0] * sx - 1, oy + size[1] * sy - 1))
     cells[max(0, y0):y1 + 1, max(0, x0):x1 + 1] = char_id(" ")  # the page's cells; padding stays -1
     if glyphs:
-        xy = np.array([(x, y) for _, x, y in glyphs], dtype=np.float64)
-        gx = np.floor((xy[:, 0] * sx + ox) / cell).astype(np.int64)
-        gy = np.floor((xy[:, 1] * sy + oy) / cell).astype(np.int64)
         ok = (gx >= 0) & (gx < g) & (gy >= 0) & (gy < g)
         ids = np.array([char_id(c) for c, _, _ in glyphs], dtype=np.int64)[ok]
         gx, gy = gx[ok], gy[ok]

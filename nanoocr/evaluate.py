@@ -226,9 +226,8 @@ def compare_tesseract(samples, out, progress=True):
         return None
     rows, failed, t0 = [], [], time.time()
     for s in tqdm(samples, desc="tesseract", disable=not progress):
-        tess.kind = s["kind"]
         try:
-            pred = tess.read_one(s["load"]()).text
+            pred = tess.read_one(s["load"](), s["kind"]).text
         except Exception as e:  # a page tesseract cannot read is one more failure, not the end of the run
             failed.append({"id": s["id"], "error": str(e)})
             continue

@@ -165,7 +165,7 @@ class NanoDeepseekOCR(nn.Module):
         decode=False skips the decoder (a glyph-only warm-up of the encoder): the decoder loss is a zero."""
         vision = self.encode_images(views) if views is not None else None
         if not decode:
-            return self.projector.layers.weight.sum() * 0.0, {"glyph": self.glyph_loss(vision, glyphs, loss_reduction)}
+            return self._zero_loss(), {"glyph": self.glyph_loss(vision, glyphs, loss_reduction)}
         embeds = self.embed(idx, vision)
         out = self.gpt(self.decoder_ids(idx, vision), targets, embeds=embeds, kv_cache=kv_cache,
                        loss_reduction=loss_reduction, align=align)
@@ -178,12 +178,15 @@ class NanoDeepseekOCR(nn.Module):
             aux["glyph"] = self.glyph_loss(vision, glyphs, loss_reduction)
         return out, aux
 
+    def _zero_loss(self):
+        return self.projector.layers.weight.sum() * 0.0  # a zero in the graph: DDP's every-parameter-has-a-grad rule
+
     def glyph_loss(self, vision, glyphs, reduction="sum"):
         """Each vision token, read through the decoder's own head, must name the character drawn in its
         cell. A from-scratch encoder gets a label per token instead of one per page, and the characters
         arrive in the decoder already in the directions its head reads out."""
         if vision is None or not len(glyphs):
-            return self.projector.layers.weight.sum() * 0.0  # keeps DDP's every-parameter-has-a-grad rule
+            return self._zero_loss()
         return self.gpt.loss(norm(torch.cat(vision)), glyphs, reduction)
 
     def set_trainable(self, parts):

@@ -21,28 +21,25 @@ class TesseractMissing(RuntimeError):
 
 
 class TesseractReader:
-    """The Reader interface (read(images, prompt) -> [Result]) over the tesseract command line."""
+    """The tesseract command line, one page at a time, answering with our Reader's Result."""
 
-    def __init__(self, binary="tesseract", lang="eng", kind=None):
+    def __init__(self, binary="tesseract", lang="eng"):
         self.binary = shutil.which(binary)
         if self.binary is None:
             raise TesseractMissing(f"--compare tesseract: no {binary!r} on PATH "
                                    "(Debian/Ubuntu: apt-get install tesseract-ocr); our scores are still printed")
         self.lang = lang
-        self.kind = kind  # set per sample group by evaluate(): picks the page segmentation mode
         self.version = subprocess.run([self.binary, "--version"], capture_output=True, text=True,
                                       timeout=TIMEOUT_S).stdout.split("\n")[0].strip()
 
-    def read_one(self, image):
+    def read_one(self, image, kind=None):
+        """kind (a sample's kind) picks the page segmentation mode."""
         buf = io.BytesIO()
         image.convert("RGB").save(buf, format="PNG")
         t0 = time.time()
-        cmd = [self.binary, "stdin", "stdout", "-l", self.lang, "--psm", PSM.get(self.kind, "6")]
+        cmd = [self.binary, "stdin", "stdout", "-l", self.lang, "--psm", PSM.get(kind, "6")]
         p = subprocess.run(cmd, input=buf.getvalue(), capture_output=True, timeout=TIMEOUT_S)
         if p.returncode:
             raise RuntimeError(f"tesseract failed (exit {p.returncode}): {p.stderr.decode(errors='replace')[-300:]}")
         text = p.stdout.decode("utf-8", errors="replace").replace("\f", "").strip()
         return Result(text, len(text), time.time() - t0)
-
-    def read(self, images, prompt="free", **_):
-        return [self.read_one(im) for im in images]

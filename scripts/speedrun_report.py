@@ -69,9 +69,8 @@ def main(args):
     for path in summaries:
         s = json.loads(path.read_text())
         name = path.name.split(".")[0].removeprefix("heldout_")
-        for kind, sc in s["by_kind"].items():
-            if kind != "all":
-                continue
+        sc = s["by_kind"].get("all")  # one set per summary: its name is the set's
+        if sc:
             tess = s.get("tesseract", {}).get("by_kind", {}).get("all")
             tess = f"{100 * tess['cer']:.2f}%" if tess else "not run"
             tgt = TARGETS.get(name)
