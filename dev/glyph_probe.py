@@ -54,9 +54,15 @@ def setup(args):
     return tok, cfg, iter(make_loader(ds, args.batch_size, workers=1))
 
 
+def single_glyph(glyphs, space):
+    """(n_tokens, slots) labels -> (n_tokens,): the character of a cell that holds exactly one, the space for an
+    empty cell, -1 elsewhere (the probe's task, as the labels were before cells got a slot per character)."""
+    return torch.where((glyphs[:, 1] == space) | (glyphs[:, 0] == space), glyphs[:, 0], -1)
+
+
 def grid_labels(glyphs, n, g, space):
     # per-image (g*(g+1)+1) labels incl. layout tokens -> (n*g*g,) for the grid cells, spaces ignored
-    lab = glyphs.view(n, -1)[:, :-1].reshape(n, g, g + 1)[:, :, :g].reshape(-1)
+    lab = single_glyph(glyphs, space).view(n, -1)[:, :-1].reshape(n, g, g + 1)[:, :, :g].reshape(-1)
     return torch.where(lab == space, -1, lab)
 
 

@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn as nn
 
-from dev.glyph_probe import setup
+from dev.glyph_probe import setup, single_glyph
 from nanoocr.model import NanoDeepseekOCR
 
 
@@ -53,7 +53,7 @@ def main():
     t0, losses = time.time(), []
     for step in range(1, args.steps + 1):
         b = next(loader)
-        lab = b["glyphs"]  # (n_vision_tokens,), -1 = no single character
+        lab = single_glyph(b["glyphs"], tok.encode(" ")[0])  # (n_vision_tokens,), -1 = no single character
         if args.layout == "1d":
             lab = pack_1d(lab, b["inputs"].shape[0], tok.encode(" ")[0])
         emb = model.gpt.transformer.wte(lab.clamp(min=0))

@@ -159,7 +159,7 @@ class NanoDeepseekOCR(nn.Module):
                 align=None, decode=True):
         """idx (B, T); views: a ViewBatch for the images of all rows in order (None for text-only).
         Training aids from synthetic data, each -1 where unknown; with either, returns (out, {name: summed loss}):
-          glyphs (n_vision_tokens,): the character in each vision token's cell (glyph_loss);
+          glyphs (n_vision_tokens, slots): the characters in each vision token's cell (glyph_loss);
           align (2, B, T): the sequence position of the vision token holding the character each position
             reads (row 0: its input character, row 1: the one it predicts), for head 0 of layers 0 and 1.
         decode=False skips the decoder (a glyph-only warm-up of the encoder): the decoder loss is a zero."""
@@ -182,12 +182,16 @@ class NanoDeepseekOCR(nn.Module):
         return self.projector.layers.weight.sum() * 0.0  # a zero in the graph: DDP's every-parameter-has-a-grad rule
 
     def glyph_loss(self, vision, glyphs, reduction="sum"):
-        """Each vision token, read through the decoder's own head, must name the character drawn in its
-        cell. A from-scratch encoder gets a label per token instead of one per page, and the characters
-        arrive in the decoder already in the directions its head reads out."""
+        """Each vision token, read through the decoder's own head, must name the characters drawn in its cell:
+        glyphs (n_tokens, slots), slot k read from the token with its channels rolled by k * n_embd / slots (no
+        parameters, and slot 0 is the token as it is). A from-scratch encoder gets a label per character instead
+        of one per page, and the characters arrive in the decoder already in the directions its head reads out."""
         if vision is None or not len(glyphs):
             return self._zero_loss()
-        return self.gpt.loss(norm(torch.cat(vision)), glyphs, reduction)
+        x = torch.cat(vision)  # (n_tokens, n_embd)
+        slots = glyphs.shape[1]
+        return sum(self.gpt.loss(norm(torch.roll(x, k * x.shape[-1] // slots, -1)), glyphs[:, k], reduction)
+                   for k in range(slots))
 
     def set_trainable(self, parts):
         """requires_grad by part (PARTS); CLIP's pixel conv stays frozen whatever the parts, since DeepEncoder

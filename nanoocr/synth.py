@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from nanoocr.synth_pages import DRAW_KIND, PageContext, grounded, union
-from nanoocr.synth_scan import augment
+from nanoocr.synth_scan import augment, slant
 from nanoocr.synth_text import (  # noqa: F401  (FONT_DIR, BAD_CHARS, *_FONTS, NoFit: this module's API too)
     BAD_CHARS,
     FONT_DIR,
@@ -60,6 +60,7 @@ class SynthConfig:
     text: str = "auto"  # same for the text corpus; "random" = random character strings (no language to guess from)
     random_chars: str = RANDOM_CHARS  # the alphabet of text="random"
     random_text: float = 0.0  # share of samples drawn as random characters anyway (forces reading; 0 = none)
+    slant: float = 0.0  # share of samples sheared into a synthetic oblique (fonts the split has only upright)
 
     def with_overrides(self, assignments):
         """A copy with "field=value" strings applied; tuples are comma lists ("line_chars=3,12")."""
@@ -135,6 +136,8 @@ def generate(index: int, cfg: SynthConfig, split: str = "train") -> Sample:
     mx1, mx2, my1, my2 = (rng.randint(*cfg.margin) for _ in range(4))
     dx = mx1 - x1 + rng.randint(0, max(0, block - cw))  # random horizontal offset
     img, boxes, glyphs = ctx.doc.render((mx1 + max(block, cw) + mx2, my1 + ch + my2), ctx.paper, dx, my1 - y1)
+    if cfg.slant > 0 and rng.random() < cfg.slant:  # drawn only when asked for: samples without it stay the same
+        img, boxes, glyphs = slant(img, boxes, glyphs, rng, ctx.paper)
     img, boxes, glyphs = augment(img, boxes, glyphs, rng, cfg.augment, ctx.paper)
     if prompt == "layout":
         text = grounded(text, boxes, *img.size)

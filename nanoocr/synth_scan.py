@@ -19,12 +19,13 @@ def _homography(src, dst):
     return np.append(np.linalg.solve(np.array(a, float), np.array(b, float)), 1.0).reshape(3, 3)
 
 
-def _warp(img, boxes, glyphs, rng, s, paper, rotate, perspective):
-    """Rotation and/or corner jitter as one homography; boxes follow (axis-aligned hull of their corners),
-    and so do glyph centres."""
+def _warp(img, boxes, glyphs, rng, s, paper, rotate, perspective, shear=0.0):
+    """Rotation, corner jitter and/or a horizontal shear (x += shear * height above the centre) as one homography;
+    boxes follow (axis-aligned hull of their corners), and so do glyph centres."""
     W, H = img.size
     src = np.array([[0, 0], [W, 0], [W, H], [0, H]], float)
     dst = src - (W / 2, H / 2)
+    dst[:, 0] -= shear * dst[:, 1]
     if rotate:
         a = math.radians(rng.uniform(-2, 2) * s)
         dst = dst @ np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
@@ -48,6 +49,11 @@ def _warp(img, boxes, glyphs, rng, s, paper, rotate, perspective):
         p = np.array([[x, y, 1] for _, x, y in glyphs], float) @ h.T
         glyphs = [(c, float(u), float(v)) for (c, _, _), (u, v) in zip(glyphs, p[:, :2] / p[:, 2:])]
     return img, out, glyphs
+
+
+def slant(img, boxes, glyphs, rng, paper):
+    """A synthetic oblique: the page sheared right by 6-14 degrees, as an italic or oblique face leans."""
+    return _warp(img, boxes, glyphs, rng, 0.0, paper, False, False, shear=math.tan(math.radians(rng.uniform(6, 14))))
 
 
 def augment(img, boxes, glyphs, rng, strength, paper):

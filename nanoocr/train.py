@@ -32,6 +32,7 @@ class TrainConfig:
     """The training settings and their defaults: add_args makes a flag of each, train_config fills it from
     the parsed flags, and checkpoints and logs record it."""
     steps: int = 1000
+    time_budget: float = 0.0  # seconds: fewer steps than `steps` if that is what fits (0 = run every step)
     batch_size: int = 8  # per rank, per micro-step
     total_batch_size: int = 0  # samples per optimiser step over all ranks; 0 = batch_size * world
     lr: float = 1e-3
@@ -79,6 +80,9 @@ def add_args(p, **defaults):
     g = p.add_argument_group("optimisation")
     g.add_argument("--train", default=D["train"], help=f"policy {sorted(POLICIES)} or comma list of parts")
     g.add_argument("--steps", type=int, default=D["steps"])
+    g.add_argument("--time-budget", type=float, default=D["time_budget"], metavar="SECONDS",
+                   help="end the phase within this wall-clock time: the step rate measured in the first steps sets "
+                        "how many of --steps run, and the lr schedule is laid over those (a speedrun on any machine)")
     g.add_argument("--batch-size", type=int, default=D["batch_size"], help="per rank, per micro-step")
     g.add_argument("--total-batch-size", type=int, default=D["total_batch_size"])
     g.add_argument("--lr", type=float, default=D["lr"])
@@ -500,11 +504,15 @@ def plot_losses(log_path, png_path, title):
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def resume_training(resume, model, optimizer, skips, d):
-    """Restore weights, optimiser, this rank's RNG states and the bad-sample counts; -> the step."""
+def resume_training(resume, model, optimizer, skips, tc, d):
+    """Restore weights, optimiser, this rank's RNG states and the bad-sample counts; -> the step. A time-budgeted
+    run keeps the step count it had settled on (the budget is not measured again)."""
     step, extra = ck.load_training_state(resume, model, optimizer)
     ck.set_rng_state(extra["rng"][d.rank] if isinstance(extra.get("rng"), list) else extra["rng"])
     skips.counts.update(extra.get("skips", {}).get("by_reason", {}))
+    if tc.time_budget:
+        tc.steps = min(tc.steps, extra.get("train_config", {}).get("steps", tc.steps))
+        tc.time_budget = 0.0
     print0(f"resumed from {resume} at step {step}")
     return step
 
@@ -524,6 +532,22 @@ def save_checkpoint(out, step, raw, optimizer, skips, tc, d, log, on_save, last)
 
 
 # ----------------------------------------------------------------------------- the loop
+
+
+class TimeBudget:
+    """How many steps fit in `seconds` of wall clock from the loop's start: measured after the first 30 steps and
+    again every 200 steps until 80 % of the run (a machine twice as slow trains half as many steps, on a schedule
+    laid over those). Ranks share one step time (their mean), so DDP ranks stop together."""
+
+    def __init__(self, seconds, start, d):
+        self.seconds, self.start, self.d, self.t0 = seconds, start, d, time.time()
+
+    def steps(self, step, steps, cap):
+        done = step - self.start
+        if done < 30 or (done - 30) % 200 or step > 0.8 * steps:
+            return steps
+        per_step = all_mean((time.time() - self.t0) / done, self.d)
+        return max(step + 1, min(cap, self.start + int(self.seconds / per_step)))
 
 
 def wrap_model(model, tc, d, find_unused):
@@ -548,7 +572,8 @@ def fit(model, train_ds, val_ds, tc, d, resume=None, find_unused=False, on_save=
     model.sam_model.grad_checkpoint = tc.grad_checkpoint
     optimizer = build_optimizer(model, tc, d.device)
     skips = SkipLog()
-    step = resume_training(resume, model, optimizer, skips, d) if resume else 0
+    step = resume_training(resume, model, optimizer, skips, tc, d) if resume else 0
+    budget, cap = (TimeBudget(tc.time_budget, step, d) if tc.time_budget else None), tc.steps
     fwd = wrap_model(model, tc, d, find_unused)
     data = Batches(train_ds, tc, d, step * tc.batch_size * d.world * accum, skips)
     log_path = out / "metrics.jsonl"
@@ -580,6 +605,8 @@ def fit(model, train_ds, val_ds, tc, d, resume=None, find_unused=False, on_save=
         check_finite(res["loss"], step, last_good, log)
         res["grad_norm"] = update(model, optimizer, tc)
         step += 1
+        if budget:
+            tc.steps = progress.bar.total = budget.steps(step, tc.steps, cap)
         progress.step(step, lr, time.time() - t0, res, flops)
     progress.bar.close()
     summary = {"steps": step, "seconds": time.time() - t_start, "skips": skips.summary()}

@@ -33,11 +33,16 @@ fi
 BASE="${NANOOCR_BASE_DIR:-$HOME/.cache/nanoocr}/cpu-speedrun"
 PRESET="${PRESET:-cpu}"
 VOCAB="${VOCAB:-271}"
-P0_STEPS="${P0_STEPS:-800}"
+# the run is sized by wall clock: after the install, what is left of MINUTES (less EVAL_RESERVE seconds for the
+# evaluation and the phases' start-up) goes 20 / 72 / 8 % to Phase 0 / 1 / 2, and each phase runs the steps that
+# fit in its share on this machine (--time-budget), at most *_STEPS. MINUTES=0: exactly the *_STEPS.
+MINUTES="${MINUTES:-29}"
+EVAL_RESERVE="${EVAL_RESERVE:-170}"
+P0_STEPS="${P0_STEPS:-3000}"
 P0_BATCH="${P0_BATCH:-16}"
 P0_LR="${P0_LR:-2e-3}"
-P1_STEPS="${P1_STEPS:-2200}"
-P2_STEPS="${P2_STEPS:-250}"
+P1_STEPS="${P1_STEPS:-10000}"
+P2_STEPS="${P2_STEPS:-1000}"
 BATCH="${BATCH:-8}"
 P1_TRAIN="${P1_TRAIN:-all}"
 P1_LR="${P1_LR:-1e-3}"
@@ -57,6 +62,8 @@ TIMES="$BASE/timings.tsv"
 stage() { local name=$1; shift; local t=$(date +%s); echo "== $name"; "$@"; echo -e "$name\t$(( $(date +%s) - t ))" >> "$TIMES"; }
 
 echo -e "install\t$(( $(date +%s) - T0 ))" >> "$TIMES"
+LEFT=$(( MINUTES * 60 - ($(date +%s) - T0) - EVAL_RESERVE ))
+budget() { [ "$MINUTES" -gt 0 ] && echo "--time-budget $(( LEFT * $1 / 100 ))" || true; }
 stage data python -m nanoocr.cli synth --out "$BASE/data/heldout_line" --n "$EVAL_N" --split heldout --kinds line
 stage data python -m nanoocr.cli synth --out "$BASE/data/heldout_paragraph" --n "$EVAL_N" --split heldout --kinds paragraph
 stage data python -m nanoocr.cli synth --out "$BASE/data/heldout_random" --n "$EVAL_N" --split heldout --kinds line \
@@ -65,16 +72,16 @@ stage data python -m nanoocr.cli synth --out "$BASE/data/text_chat.jsonl" --text
 stage tokenizer python -m scripts.tok_train --vocab-size "$VOCAB" --out "$BASE/tokenizer"
 stage phase0 python -m scripts.vis_tok_train --preset "$PRESET" --tokenizer "$BASE/tokenizer" --train all \
     --data synth --synth-kinds "$KINDS" --synth-set $SYNTH_SET --steps "$P0_STEPS" --batch-size "$P0_BATCH" \
-    --lr "$P0_LR" --glyph-weight 1 --glyph-only --dtype "$DTYPE" --val-data "" \
-    --workers "$WORKERS" --save-every "$P0_STEPS" --out "$BASE/phase0"
+    --lr "$P0_LR" $(budget 20) --head-init 0.02 --glyph-weight 1 --glyph-only --dtype "$DTYPE" --val-data "" \
+    --workers "$WORKERS" --save-every "$EVAL_EVERY" --out "$BASE/phase0"
 stage phase1 python -m scripts.vis_tok_train --model "$BASE/phase0/model" --train "$P1_TRAIN" \
     --data synth --synth-kinds "$KINDS" --synth-set $SYNTH_SET --steps "$P1_STEPS" --batch-size "$BATCH" \
-    --lr "$P1_LR" --vision-lr-mult "$VISION_LR_MULT" --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
+    --lr "$P1_LR" $(budget 72) --vision-lr-mult "$VISION_LR_MULT" --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
     --dtype "$DTYPE" --workers "$WORKERS" --eval-every "$EVAL_EVERY" --save-every "$EVAL_EVERY" --out "$BASE/phase1"
 stage phase2 python -m scripts.vis_mid_train --model "$BASE/phase1/model" \
     --resume-from-deepencoder "$BASE/phase1/deepencoder.safetensors" --data synth --synth-kinds "$KINDS" \
     --synth-set $SYNTH_SET --text-data "$BASE/data/text_chat.jsonl" --text-ratio 0.1 --steps "$P2_STEPS" \
-    --batch-size "$BATCH" --lr "$P2_LR" --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
+    --batch-size "$BATCH" --lr "$P2_LR" $(budget 8) --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
     --dtype "$DTYPE" --workers "$WORKERS" --eval-every "$EVAL_EVERY" --save-every "$EVAL_EVERY" --out "$BASE/phase2"
 rm -rf "$BASE/model" && cp -r "$BASE/phase2/model" "$BASE/model"
 COMPARE=()

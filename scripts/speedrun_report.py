@@ -49,6 +49,12 @@ def sample_figure(rows_path, image_dir, out_png):
     return row
 
 
+def phase_steps(base, stage):
+    """The steps a training stage ran (its summary.json), '' for the other stages."""
+    path = base / stage / "summary.json"
+    return json.loads(path.read_text()).get("steps", "") if path.is_file() else ""
+
+
 def main(args):
     base = Path(args.base)
     times = [line.split("\t") for line in (base / "timings.tsv").read_text().splitlines() if line.strip()]
@@ -60,7 +66,8 @@ def main(args):
     md.append(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads. Total wall time: "
               f"{args.total_seconds / 60:.1f} min" if args.total_seconds else "")
-    md += ["", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in stage_s.items()]
+    md += ["", "| stage | seconds | steps (fitted to the time budget) |", "|---|---|---|"]
+    md += [f"| {k} | {v} | {phase_steps(base, k)} |" for k, v in stage_s.items()]
 
     md += ["", "## Held-out accuracy (fonts and text never seen in training)", ""]
     md += ["| set | n | CER | target | WER | NED | Fox precision | exact | tesseract CER |",

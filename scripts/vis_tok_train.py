@@ -10,6 +10,8 @@ tier-1 recipe (everything trains), which a model built from scratch needs.
 
 import argparse
 
+import torch
+
 from nanoocr import checkpoint as ck
 from nanoocr.common import setup_dist
 from nanoocr.model import build_model
@@ -23,6 +25,9 @@ parser.add_argument("--preset", default="cpu", help="fresh model of this preset 
 parser.add_argument("--tokenizer", default=None, help="tokenizer folder for a fresh model")
 parser.add_argument("--cfg", nargs="*", default=[], metavar="PART.FIELD=VALUE",
                     help="overrides of the fresh preset, e.g. sam.depth=0 gpt.n_layer=6")
+parser.add_argument("--head-init", type=float, default=0.0, metavar="STD",
+                    help="a fresh model's decoder head drawn with this std instead of nanochat's zeros: a zero head "
+                         "passes the glyph loss no gradient at first (the glyph probe learned 2x faster at 0.02)")
 add_args(parser, train="align", lr=1e-3, steps=1000, batch_size=8)
 
 
@@ -34,7 +39,10 @@ def build(args):
         raise SystemExit("give --model DIR, or --preset with --tokenizer DIR")
     tok = Tokenizer.from_directory(args.tokenizer)
     cfg = apply_overrides(get_preset(args.preset, vocab_size=tok.vocab_size), args.cfg)
-    return build_model(cfg, tok, seed=args.seed), tok
+    model = build_model(cfg, tok, seed=args.seed)
+    if args.head_init:
+        torch.nn.init.normal_(model.gpt.lm_head.weight, std=args.head_init)
+    return model, tok
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_short_speedrun_writes_model_and_report(tmp_path):
     env = dict(os.environ, NANOOCR_SKIP_INSTALL="1", NANOOCR_BASE_DIR=str(tmp_path), PRESET="tiny",
-               P1_STEPS="4", P2_STEPS="2", BATCH="2", EVAL_N="3", WORKERS="0", EVAL_EVERY="2",
+               MINUTES="2", EVAL_RESERVE="60", P0_STEPS="4", P1_STEPS="4", P2_STEPS="2", BATCH="2", EVAL_N="3",
+               WORKERS="0", EVAL_EVERY="2",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     r = subprocess.run(["bash", str(ROOT / "runs" / "runcpu.sh")], env=env, capture_output=True, text=True,
                        timeout=600)

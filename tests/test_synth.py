@@ -232,6 +232,21 @@ def test_glyph_centres_match_the_drawing(kind, augment):
                 assert ink[max(0, y - 8):y + 9, max(0, x - 4):x + 5].any()
 
 
+def test_slant_shears_the_page_and_its_glyph_centres():
+    """slant: the text leans right (ink moves right the higher it is) and the glyph labels follow it."""
+    for i in range(4):
+        upright, sheared = generate(i, one("paragraph", augment=0.0)), generate(i, one("paragraph", augment=0.0,
+                                                                                        slant=1.0))
+        assert sheared.text == upright.text and sheared.image.width > upright.image.width
+        ink = ink_mask(sheared.image)
+        for _, x, y in sheared.glyphs:  # every centre still on ink
+            x, y = round(x), round(y)
+            assert ink[max(0, y - 8):y + 9, max(0, x - 4):x + 5].any()
+        (_, x0, _), (_, x1, y1) = upright.glyphs[0], sheared.glyphs[0]
+        (_, xa, _), (_, xb, yb) = upright.glyphs[-1], sheared.glyphs[-1]
+        assert (x1 - x0) - (xb - xa) > 0.1 * (yb - y1)  # the first line moved right of the last one
+
+
 def test_random_text_and_font_lists():
     cfg = one("paragraph", text="random", random_chars="0123456789", fonts="DejaVuSans.ttf,cmr10.ttf")
     for i in range(5):

@@ -53,6 +53,50 @@ def test_lr_schedules():
     assert lr_at(50, 100, 2.0, "constant", 0.0) == 2.0
 
 
+def test_time_budget_sets_the_steps_from_the_measured_rate(monkeypatch):
+    from nanoocr import train
+    from nanoocr.common import setup_dist
+    now = [100.0]
+    monkeypatch.setattr(train.time, "time", lambda: now[0])
+    d = setup_dist("cpu")
+    budget = train.TimeBudget(60.0, 0, d)
+    now[0] += 30 * 0.1  # 30 steps of 0.1 s
+    assert budget.steps(29, 5000, 5000) == 5000  # not measured before step 30
+    assert budget.steps(30, 5000, 5000) == 600
+    now[0] += 200 * 0.2  # the machine slowed down: 230 steps in 43 s
+    assert budget.steps(230, 600, 5000) == int(60 / (43 / 230))
+    assert budget.steps(231, 320, 5000) == 320  # measured again only every 200 steps
+    slow = train.TimeBudget(1.0, 0, d)
+    now[0] += 30 * 0.5
+    assert slow.steps(30, 5000, 5000) == 31  # over budget already: stop after the next step
+    fast = train.TimeBudget(1e6, 0, d)
+    now[0] += 30 * 0.001
+    assert fast.steps(30, 700, 700) == 700  # never more than --steps
+
+
+@pytest.mark.slow
+def test_time_budgeted_phase_ends_in_time_and_resumes_with_its_steps(tok_dir, tmp_path):
+    """--time-budget: a phase of 100000 steps with a budget of 12 s ends after the steps that fit, its lr schedule
+    laid over them; killed and resumed, it finishes that same schedule (the budget is not measured again)."""
+    def train_rows(out):
+        return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+    def args(out):
+        return ["-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir), "--train", "all",
+                "--steps", "100000", "--time-budget", "12", "--save-every", "35", "--out", str(out), *TINY]
+
+    _phase(args(tmp_path / "a"), ROOT)
+    whole = train_rows(tmp_path / "a")
+    peak = max(r["lr"] for r in whole)
+    assert 35 < len(whole) < 100000 and whole[-1]["lr"] < 0.05 * peak
+    assert sum(r["dt"] for r in whole) < 12 * 1.5
+    _phase([*args(tmp_path / "b"), "--stop-after", "35"], ROOT)
+    _phase([*args(tmp_path / "b"), "--resume"], ROOT)
+    resumed = train_rows(tmp_path / "b")
+    assert [r["step"] for r in resumed] == list(range(1, len(resumed) + 1)) and len(resumed) < 100000
+    assert resumed[-1]["lr"] < 0.05 * peak  # the schedule of the steps settled on before the kill, run to its end
+
+
 def test_bad_samples_are_skipped_and_counted(tokenizer, tmp_path):
     good = tmp_path / "good.png"
     Image.new("RGB", (60, 20), "white").save(good)
