@@ -2,13 +2,15 @@
 # The CPU speedrun: on a fresh machine, install, then train a DeepSeek-OCR-style model from scratch on
 # synthetic documents and test it on text and fonts it never saw. Same architecture as the full model
 # at the `cpu` preset.
-#   data -> tokenizer -> Phase 1 -> Phase 2 (vision frozen, decoder + projector train with text mixed in)
-#   -> held-out evaluation -> OCR a sample -> report.md
+#   data -> tokenizer -> Phase 0 (glyph warm-up) -> Phase 1 -> Phase 2 (vision frozen, decoder + projector train
+#   with text mixed in) -> held-out evaluation -> OCR a sample -> report.md
+# It is sized by wall clock, not by steps: each phase runs what fits in its share of MINUTES on this machine.
 # The recipe, and why (experiments and numbers: dev/LOG.md):
 #   - the `cpu` preset's vision path has a conv stem and a normalised compressor (nonlinear below CLIP):
 #     SAM's linear patch conv + plain compressor trained from scratch never learned to see glyphs;
-#   - Phase 0, a glyph warm-up: the encoder alone learns to name the character in each vision token's cell
-#     (labels from the generator, read through the decoder's head), ~5x cheaper a step than the full model;
+#   - Phase 0, a glyph warm-up: the encoder alone learns to name the characters in each vision token's cell, left
+#     to right (labels from the generator, read through the decoder's head), ~3x cheaper a sample than the full
+#     model; the fresh model's head is drawn at std 0.02, not zero (a zero head halved the probe's speed);
 #   - Phase 1, everything trains with two aids from the synthetic data: the glyph loss, and an alignment loss
 #     telling one attention head per layer (layers 0-1) which vision token holds the character being read:
 #     a decoder from scratch, even fed perfect glyphs, did not learn to find them in the 2D layout by itself;
@@ -34,10 +36,13 @@ BASE="${NANOOCR_BASE_DIR:-$HOME/.cache/nanoocr}/cpu-speedrun"
 PRESET="${PRESET:-cpu}"
 VOCAB="${VOCAB:-271}"
 # the run is sized by wall clock: after the install, what is left of MINUTES (less EVAL_RESERVE seconds for the
-# evaluation and the phases' start-up) goes 20 / 72 / 8 % to Phase 0 / 1 / 2, and each phase runs the steps that
-# fit in its share on this machine (--time-budget), at most *_STEPS. MINUTES=0: exactly the *_STEPS.
+# evaluation and the phases' start-up) goes P0_SHARE / P1_SHARE / P2_SHARE % to Phase 0 / 1 / 2, and each phase
+# runs the steps that fit in its share on this machine (--time-budget), at most *_STEPS. MINUTES=0: the *_STEPS.
 MINUTES="${MINUTES:-29}"
 EVAL_RESERVE="${EVAL_RESERVE:-170}"
+P0_SHARE="${P0_SHARE:-20}"
+P1_SHARE="${P1_SHARE:-72}"
+P2_SHARE="${P2_SHARE:-8}"
 P0_STEPS="${P0_STEPS:-3000}"
 P0_BATCH="${P0_BATCH:-16}"
 P0_LR="${P0_LR:-2e-3}"
@@ -72,16 +77,16 @@ stage data python -m nanoocr.cli synth --out "$BASE/data/text_chat.jsonl" --text
 stage tokenizer python -m scripts.tok_train --vocab-size "$VOCAB" --out "$BASE/tokenizer"
 stage phase0 python -m scripts.vis_tok_train --preset "$PRESET" --tokenizer "$BASE/tokenizer" --train all \
     --data synth --synth-kinds "$KINDS" --synth-set $SYNTH_SET --steps "$P0_STEPS" --batch-size "$P0_BATCH" \
-    --lr "$P0_LR" $(budget 20) --head-init 0.02 --glyph-weight 1 --glyph-only --dtype "$DTYPE" --val-data "" \
+    --lr "$P0_LR" $(budget "$P0_SHARE") --head-init 0.02 --glyph-weight 1 --glyph-only --dtype "$DTYPE" --val-data "" \
     --workers "$WORKERS" --save-every "$EVAL_EVERY" --out "$BASE/phase0"
 stage phase1 python -m scripts.vis_tok_train --model "$BASE/phase0/model" --train "$P1_TRAIN" \
     --data synth --synth-kinds "$KINDS" --synth-set $SYNTH_SET --steps "$P1_STEPS" --batch-size "$BATCH" \
-    --lr "$P1_LR" $(budget 72) --vision-lr-mult "$VISION_LR_MULT" --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
+    --lr "$P1_LR" $(budget "$P1_SHARE") --vision-lr-mult "$VISION_LR_MULT" --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
     --dtype "$DTYPE" --workers "$WORKERS" --eval-every "$EVAL_EVERY" --save-every "$EVAL_EVERY" --out "$BASE/phase1"
 stage phase2 python -m scripts.vis_mid_train --model "$BASE/phase1/model" \
     --resume-from-deepencoder "$BASE/phase1/deepencoder.safetensors" --data synth --synth-kinds "$KINDS" \
     --synth-set $SYNTH_SET --text-data "$BASE/data/text_chat.jsonl" --text-ratio 0.1 --steps "$P2_STEPS" \
-    --batch-size "$BATCH" --lr "$P2_LR" $(budget 8) --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
+    --batch-size "$BATCH" --lr "$P2_LR" $(budget "$P2_SHARE") --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
     --dtype "$DTYPE" --workers "$WORKERS" --eval-every "$EVAL_EVERY" --save-every "$EVAL_EVERY" --out "$BASE/phase2"
 rm -rf "$BASE/model" && cp -r "$BASE/phase2/model" "$BASE/model"
 COMPARE=()
