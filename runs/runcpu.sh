@@ -11,6 +11,7 @@
 #   - Phase 0, a glyph warm-up: the encoder alone learns to name the characters in each vision token's cell, left
 #     to right (labels from the generator, read through the decoder's head), ~3x cheaper a sample than the full
 #     model; the fresh model's head is drawn at std 0.02, not zero (a zero head halved the probe's speed);
+#     it gets 35 % of the training time (at 20 % line CER was 43 %, at 35 % 27 %: dev/LOG.md section 5);
 #   - Phase 1, everything trains with two aids from the synthetic data: the glyph loss, and an alignment loss
 #     telling one attention head per layer (layers 0-1) which vision token holds the character being read:
 #     a decoder from scratch, even fed perfect glyphs, did not learn to find them in the 2D layout by itself;
@@ -40,8 +41,8 @@ VOCAB="${VOCAB:-271}"
 # runs the steps that fit in its share on this machine (--time-budget), at most *_STEPS. MINUTES=0: the *_STEPS.
 MINUTES="${MINUTES:-29}"
 EVAL_RESERVE="${EVAL_RESERVE:-170}"
-P0_SHARE="${P0_SHARE:-20}"
-P1_SHARE="${P1_SHARE:-72}"
+P0_SHARE="${P0_SHARE:-35}"
+P1_SHARE="${P1_SHARE:-57}"
 P2_SHARE="${P2_SHARE:-8}"
 P0_STEPS="${P0_STEPS:-3000}"
 P0_BATCH="${P0_BATCH:-16}"
