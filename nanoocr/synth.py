@@ -60,7 +60,7 @@ class SynthConfig:
     text: str = "auto"  # same for the text corpus; "random" = random character strings (no language to guess from)
     random_chars: str = RANDOM_CHARS  # the alphabet of text="random"
     random_text: float = 0.0  # share of samples drawn as random characters anyway (forces reading; 0 = none)
-    slant: float = 0.0  # share of samples sheared into a synthetic oblique (fonts the split has only upright)
+    slant: float = 0.0  # share of samples sheared 6-14° into a synthetic oblique of whatever face they use
 
     def with_overrides(self, assignments):
         """A copy with "field=value" strings applied; tuples are comma lists ("line_chars=3,12")."""
