@@ -8,6 +8,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from nanoocr.clip import ClipTrunk
 from nanoocr.gpt import GPT, norm
@@ -188,10 +189,13 @@ class NanoDeepseekOCR(nn.Module):
         of one per page, and the characters arrive in the decoder already in the directions its head reads out."""
         if vision is None or not len(glyphs):
             return self._zero_loss()
-        x = torch.cat(vision)  # (n_tokens, n_embd)
-        slots = glyphs.shape[1]
-        return sum(self.gpt.loss(norm(torch.roll(x, k * x.shape[-1] // slots, -1)), glyphs[:, k], reduction)
+        x, slots = torch.cat(vision), glyphs.shape[1]  # (n_tokens, n_embd)
+        return sum(F.cross_entropy(self.glyph_logits(x, k, slots), glyphs[:, k], ignore_index=-1, reduction=reduction)
                    for k in range(slots))
+
+    def glyph_logits(self, x, slot, slots):
+        """(n_tokens, n_embd) vision tokens -> (n_tokens, vocab) logits of the character in `slot` of their cells."""
+        return self.gpt.logits(norm(torch.roll(x, slot * x.shape[-1] // slots, -1)))
 
     def set_trainable(self, parts):
         """requires_grad by part (PARTS); CLIP's pixel conv stays frozen whatever the parts, since DeepEncoder
