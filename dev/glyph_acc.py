@@ -17,9 +17,9 @@ from nanoocr.synth import SynthConfig, parse_kinds
 
 
 @torch.no_grad()
-def glyph_accuracy(model, tok, synth, n, batch_size=16):
+def glyph_accuracy(model, tok, synth, n, batch_size=16, split="heldout"):
     """-> {slot k: accuracy over character labels}, plus 'all' and the label counts."""
-    ds = OCRDataset(Mixture([SynthSource(synth, split="heldout")]), tok, model.config,
+    ds = OCRDataset(Mixture([SynthSource(synth, split=split)]), tok, model.config,
                     DataConfig("base", model.config.gpt.sequence_len, glyphs=True))
     space = tok.encode(" ")[0]
     loader = iter(make_loader(ds, batch_size, workers=0))
@@ -43,14 +43,17 @@ def glyph_accuracy(model, tok, synth, n, batch_size=16):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
-    p.add_argument("--n", type=int, default=64, help="held-out samples")
+    p.add_argument("--n", type=int, default=64, help="samples")
+    p.add_argument("--split", default="heldout", choices=["train", "heldout"],
+                   help="fonts and text never trained on (heldout), or the training split's (to see the gap)")
     p.add_argument("--kinds", default="line:1,paragraph:2")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="SynthConfig overrides")
     args = p.parse_args()
     model, tok, _ = load_model(args.model, need_tokenizer=True)
     model.eval()
     synth = SynthConfig(kinds=parse_kinds(args.kinds)).with_overrides(args.set)
-    print(json.dumps({"model": args.model, "set": args.set, **glyph_accuracy(model, tok, synth, args.n)}))
+    print(json.dumps({"model": args.model, "set": args.set, "split": args.split,
+                      **glyph_accuracy(model, tok, synth, args.n, split=args.split)}))
 
 
 if __name__ == "__main__":

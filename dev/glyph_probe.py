@@ -26,6 +26,7 @@ from nanoocr.data import DataConfig, Mixture, OCRDataset, SynthSource, make_load
 from nanoocr.gpt import norm
 from nanoocr.image import grid_side
 from nanoocr.model import NanoDeepseekOCR, part_of
+from nanoocr.muon import Muon
 from nanoocr.presets import apply_overrides, get_preset
 from nanoocr.synth import SynthConfig, parse_kinds
 from nanoocr.tokenizer import Tokenizer
@@ -85,6 +86,10 @@ def main():
     p.add_argument("--proj-init", type=float, default=0.0, help="std of the projector's init (ours: 0.02)")
     p.add_argument("--head-init", type=float, default=0.0, help="std of lm_head's init (nanochat: 0)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU too)")
+    p.add_argument("--muon", type=float, default=0.0,
+                   help="lr of Muon for the encoder's and projector's weight matrices and conv filters (AdamW for the rest)")
+    p.add_argument("--aux-compressor", type=float, default=0.0,
+                   help="weight of a second, training-only linear read-out on the compressor (deepencoder)")
     p.add_argument("--out", default=None, help="JSONL of the reports")
     args = p.parse_args()
     tok, cfg, loader = setup(args)
@@ -111,10 +116,15 @@ def main():
         model.vision_model.embeddings.patch_embedding.requires_grad_(False)
         params = [prm for prm in model.parameters() if prm.requires_grad]
         params += list(head.parameters()) if args.read != "lm_head" else []
+        aux_head = nn.Linear(cfg.sam.out_dim, tok.vocab_size)
+        params += list(aux_head.parameters()) if args.aux_compressor else []
+        aux = {}
 
         def logits_of(batch):  # (n*g*g, V)
             x = batch["views"].global_views
             sam = model.sam_model(x)  # (n, C, g, g)
+            if args.aux_compressor:
+                aux["logits"] = aux_head(sam.permute(0, 2, 3, 1).reshape(-1, sam.shape[1]))
             if args.read == "compressor":
                 return head(sam.permute(0, 2, 3, 1).reshape(-1, sam.shape[1]))
             clip = model.vision_model(patch_embeds=sam)[:, 1:]  # (n, g*g, C)
@@ -125,7 +135,14 @@ def main():
                 return head(norm(proj))
             return head(proj) if args.read == "projector" else model.gpt.logits(norm(proj))
 
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95))
+    opts = []
+    if args.muon and args.encoder != "cnn":
+        mats = [prm for n, prm in model.named_parameters() if prm.requires_grad and prm.ndim >= 2
+                and not n.startswith("gpt.") and "pos_embed" not in n and "position_embedding" not in n]
+        ids = {id(m) for m in mats}
+        params = [prm for prm in params if id(prm) not in ids]
+        opts.append(Muon(mats, lr=args.muon))
+    opts.append(torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95)))
     out = open(args.out, "w") if args.out else None
     hits = total = 0
     t0 = time.time()
@@ -135,11 +152,16 @@ def main():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             logits = logits_of(batch).float()
         loss = F.cross_entropy(logits, labels, ignore_index=-1)
-        for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, step / max(1, args.warmup))
+        if args.encoder != "cnn" and args.aux_compressor:
+            loss = loss + args.aux_compressor * F.cross_entropy(aux["logits"].float(), labels, ignore_index=-1)
+        for opt in opts:
+            for group in opt.param_groups:
+                group.setdefault("base_lr", group["lr"])
+                group["lr"] = group["base_lr"] * min(1.0, step / max(1, args.warmup))
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         sel = labels >= 0
         hits += int((logits.detach().argmax(-1)[sel] == labels[sel]).sum())
         total += int(sel.sum())

@@ -345,6 +345,9 @@ def _load_step(d, model, optimizer):
         if "optimizer" not in doc:
             raise CheckpointError(f"{d}: saved without optimizer state")
         o = doc["optimizer"]
+        if o.get("type", type(optimizer).__name__) != type(optimizer).__name__:
+            raise CheckpointError(f"{d}: the optimizer state is {o['type']}'s, this run's optimizer is "
+                                  f"{type(optimizer).__name__} (resume with the optimizer settings it was saved with)")
         names, shapes = _param_names(model, optimizer)
         if names != o["param_names"] or shapes != o["param_shapes"]:
             diff = [(i, a, b) for i, (a, b) in enumerate(zip(o["param_names"], names)) if a != b][:5]

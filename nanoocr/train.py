@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -23,6 +24,7 @@ from nanoocr import checkpoint as ck
 from nanoocr.common import all_gather, all_mean, all_sum, autocast_ctx, peak_flops, print0, teardown_dist
 from nanoocr.data import SkipLog, make_loader
 from nanoocr.model import PARTS, part_of
+from nanoocr.muon import MuonAdamW
 
 # ----------------------------------------------------------------------------- settings
 
@@ -36,6 +38,7 @@ class TrainConfig:
     batch_size: int = 8  # per rank, per micro-step
     total_batch_size: int = 0  # samples per optimiser step over all ranks; 0 = batch_size * world
     lr: float = 1e-3
+    matrix_lr: float = 0.0  # Muon's lr for weight matrices and conv filters (0: AdamW for every parameter)
     vision_lr_mult: float = 1.0  # SAM, compressor and CLIP train at lr * this
     glyph_weight: float = 0.0  # weight of the dense reading loss (model.glyph_loss) where data has glyph centres
     align_weight: float = 0.0  # weight of the attention alignment loss (head 0 of layers 0-1 onto the glyph's cell)
@@ -85,7 +88,10 @@ def add_args(p, **defaults):
                         "how many of --steps run, and the lr schedule is laid over those (a speedrun on any machine)")
     g.add_argument("--batch-size", type=int, default=D["batch_size"], help="per rank, per micro-step")
     g.add_argument("--total-batch-size", type=int, default=D["total_batch_size"])
-    g.add_argument("--lr", type=float, default=D["lr"])
+    g.add_argument("--lr", type=float, default=D["lr"], help="AdamW's lr (every parameter Muon does not take)")
+    g.add_argument("--matrix-lr", type=float, default=D["matrix_lr"],
+                   help="train the weight matrices and conv filters (not embeddings, the decoder's head, gains or "
+                        "biases) with Muon at this lr, following the same schedule (nanochat: 0.02); 0 = AdamW only")
     g.add_argument("--glyph-weight", type=float, default=D["glyph_weight"],
                    help="weight of the dense reading loss: each vision token must name the character in its "
                         "cell (synthetic data, which knows where it drew each character)")
@@ -162,19 +168,35 @@ def param_summary(model):
 
 # ----------------------------------------------------------------------------- optimiser and schedule
 
+def muon_params(model):
+    """The parameters Muon trains: the weights of every Linear and Conv2d but the decoder's head (nanochat's
+    split: embeddings, the head, gains and biases stay with AdamW)."""
+    head = model.gpt.lm_head.weight
+    return {id(m.weight) for m in model.modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d)) and m.weight is not head}
+
+
 def build_optimizer(model, tc, device):
-    """AdamW; one param group per (lr multiplier, weight decay or not)."""
+    """AdamW, or MuonAdamW when tc.matrix_lr is set; one param group per (lr multiplier, weight decay or not,
+    Muon or not). A Muon group's lr_mult carries matrix_lr / lr, so one schedule (set_lr) drives both."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("nothing to train: the freeze policy leaves no trainable parameters")
+    muon = muon_params(model) if tc.matrix_lr else set()
     groups = {}
     for name, p in named:
         # an encoder trained from scratch at the decoder's lr collapses (every image gives the same tokens)
         mult = tc.vision_lr_mult if part_of(name) in VISION_PARTS else 1.0
-        decay = p.ndim >= 2
-        g = groups.setdefault((mult, decay), {"params": [], "lr_mult": mult,
-                                              "weight_decay": tc.weight_decay if decay else 0.0})
-        g["params"].append(p)
+        decay, is_muon = p.ndim >= 2, id(p) in muon
+        key = (mult, decay, is_muon)
+        if key not in groups:
+            groups[key] = {"params": [], "lr_mult": mult * (tc.matrix_lr / tc.lr if is_muon else 1.0),
+                           "weight_decay": tc.weight_decay if decay else 0.0}
+            if muon:
+                groups[key]["muon"] = is_muon
+        groups[key]["params"].append(p)
+    if muon:
+        return MuonAdamW(list(groups.values()), lr=tc.lr, betas=tc.betas)
     fused = str(device).startswith("cuda")
     return torch.optim.AdamW(list(groups.values()), lr=tc.lr, betas=tc.betas, fused=fused)
 

@@ -52,6 +52,8 @@ P2_STEPS="${P2_STEPS:-1000}"
 BATCH="${BATCH:-8}"
 P1_TRAIN="${P1_TRAIN:-all}"
 P1_LR="${P1_LR:-1e-3}"
+MATRIX_LR="${MATRIX_LR:-0.02}"
+P2_MATRIX_LR="${P2_MATRIX_LR:-0.01}"
 GLYPH_WEIGHT="${GLYPH_WEIGHT:-1}"
 ALIGN_WEIGHT="${ALIGN_WEIGHT:-1}"
 SYNTH_SET="${SYNTH_SET:-random_text=0.3}"
@@ -78,16 +80,16 @@ stage data python -m nanoocr.cli synth --out "$BASE/data/text_chat.jsonl" --text
 stage tokenizer python -m scripts.tok_train --vocab-size "$VOCAB" --out "$BASE/tokenizer"
 stage phase0 python -m scripts.vis_tok_train --preset "$PRESET" --tokenizer "$BASE/tokenizer" --train all \
     --data synth --synth-kinds "$KINDS" --synth-set $SYNTH_SET --steps "$P0_STEPS" --batch-size "$P0_BATCH" \
-    --lr "$P0_LR" $(budget "$P0_SHARE") --head-init 0.02 --glyph-weight 1 --glyph-only --dtype "$DTYPE" --val-data "" \
+    --lr "$P0_LR" --matrix-lr "$MATRIX_LR" $(budget "$P0_SHARE") --head-init 0.02 --glyph-weight 1 --glyph-only --dtype "$DTYPE" --val-data "" \
     --workers "$WORKERS" --save-every "$EVAL_EVERY" --out "$BASE/phase0"
 stage phase1 python -m scripts.vis_tok_train --model "$BASE/phase0/model" --train "$P1_TRAIN" \
     --data synth --synth-kinds "$KINDS" --synth-set $SYNTH_SET --steps "$P1_STEPS" --batch-size "$BATCH" \
-    --lr "$P1_LR" $(budget "$P1_SHARE") --vision-lr-mult "$VISION_LR_MULT" --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
+    --lr "$P1_LR" --matrix-lr "$MATRIX_LR" $(budget "$P1_SHARE") --vision-lr-mult "$VISION_LR_MULT" --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
     --dtype "$DTYPE" --workers "$WORKERS" --eval-every "$EVAL_EVERY" --save-every "$EVAL_EVERY" --out "$BASE/phase1"
 stage phase2 python -m scripts.vis_mid_train --model "$BASE/phase1/model" \
     --resume-from-deepencoder "$BASE/phase1/deepencoder.safetensors" --data synth --synth-kinds "$KINDS" \
     --synth-set $SYNTH_SET --text-data "$BASE/data/text_chat.jsonl" --text-ratio 0.1 --steps "$P2_STEPS" \
-    --batch-size "$BATCH" --lr "$P2_LR" $(budget "$P2_SHARE") --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
+    --batch-size "$BATCH" --lr "$P2_LR" --matrix-lr "$P2_MATRIX_LR" $(budget "$P2_SHARE") --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
     --dtype "$DTYPE" --workers "$WORKERS" --eval-every "$EVAL_EVERY" --save-every "$EVAL_EVERY" --out "$BASE/phase2"
 rm -rf "$BASE/model" && cp -r "$BASE/phase2/model" "$BASE/model"
 COMPARE=()
