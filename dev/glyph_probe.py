@@ -26,10 +26,11 @@ from nanoocr.data import DataConfig, Mixture, OCRDataset, SynthSource, make_load
 from nanoocr.gpt import norm
 from nanoocr.image import grid_side
 from nanoocr.model import NanoDeepseekOCR, part_of
-from nanoocr.muon import Muon
+from nanoocr.muon import MuonAdamW
 from nanoocr.presets import apply_overrides, get_preset
 from nanoocr.synth import SynthConfig, parse_kinds
 from nanoocr.tokenizer import Tokenizer
+from nanoocr.train import muon_params
 
 
 def cnn(vocab, depth_to_grid):
@@ -87,7 +88,7 @@ def main():
     p.add_argument("--head-init", type=float, default=0.0, help="std of lm_head's init (nanochat: 0)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU too)")
     p.add_argument("--muon", type=float, default=0.0,
-                   help="lr of Muon for the encoder's and projector's weight matrices and conv filters (AdamW for the rest)")
+                   help="Muon's lr for the encoder's and projector's matrices and conv filters (AdamW for the rest)")
     p.add_argument("--aux-compressor", type=float, default=0.0,
                    help="weight of a second, training-only linear read-out on the compressor (deepencoder)")
     p.add_argument("--out", default=None, help="JSONL of the reports")
@@ -135,14 +136,12 @@ def main():
                 return head(norm(proj))
             return head(proj) if args.read == "projector" else model.gpt.logits(norm(proj))
 
-    opts = []
-    if args.muon and args.encoder != "cnn":
-        mats = [prm for n, prm in model.named_parameters() if prm.requires_grad and prm.ndim >= 2
-                and not n.startswith("gpt.") and "pos_embed" not in n and "position_embedding" not in n]
-        ids = {id(m) for m in mats}
-        params = [prm for prm in params if id(prm) not in ids]
-        opts.append(Muon(mats, lr=args.muon))
-    opts.append(torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95)))
+    groups = [{"params": params}]
+    if args.muon and args.encoder != "cnn":  # the matrices train.build_optimizer gives Muon, of those that train here
+        ids = muon_params(model)
+        groups = [{"params": [prm for prm in params if id(prm) not in ids]},
+                  {"params": [prm for prm in params if id(prm) in ids], "muon": True, "lr": args.muon}]
+    opt = MuonAdamW(groups, lr=args.lr, betas=(0.9, 0.95))
     out = open(args.out, "w") if args.out else None
     hits = total = 0
     t0 = time.time()
@@ -154,14 +153,12 @@ def main():
         loss = F.cross_entropy(logits, labels, ignore_index=-1)
         if args.encoder != "cnn" and args.aux_compressor:
             loss = loss + args.aux_compressor * F.cross_entropy(aux["logits"].float(), labels, ignore_index=-1)
-        for opt in opts:
-            for group in opt.param_groups:
-                group.setdefault("base_lr", group["lr"])
-                group["lr"] = group["base_lr"] * min(1.0, step / max(1, args.warmup))
+        for group in opt.param_groups:
+            group.setdefault("base_lr", group["lr"])
+            group["lr"] = group["base_lr"] * min(1.0, step / max(1, args.warmup))
         loss.backward()
-        for opt in opts:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         sel = labels >= 0
         hits += int((logits.detach().argmax(-1)[sel] == labels[sel]).sum())
         total += int(sel.sum())

@@ -16,18 +16,18 @@ import torch
 
 @torch.no_grad()
 def orthogonalize(g, steps=5):
-    """(rows, cols) -> about U V^T of g's SVD (singular values pushed into ~[0.7, 1.2]): a quintic
+    """(..., rows, cols) -> about U V^T of each matrix's SVD (singular values pushed into ~[0.7, 1.2]): a quintic
     Newton-Schulz iteration tuned for speed over exactness, in bf16."""
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.bfloat16()
-    tall = x.shape[0] > x.shape[1]
+    tall = x.shape[-2] > x.shape[-1]
     if tall:
-        x = x.T
-    x = x / (x.norm() + 1e-7)  # spectral norm <= Frobenius norm <= 1: inside the iteration's basin
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm <= 1: the basin
     for _ in range(steps):
-        s = x @ x.T
+        s = x @ x.mT
         x = a * x + (b * s + c * s @ s) @ x
-    return (x.T if tall else x).to(g.dtype)
+    return (x.mT if tall else x).to(g.dtype)
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -41,20 +41,31 @@ class MuonAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    (self._muon if group["muon"] else self._adamw)(p, group)
-                    if group["weight_decay"]:
-                        p.mul_(1 - group["lr"] * group["weight_decay"])
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled, before the step (as torch's AdamW)
+            if group["muon"]:
+                self._muon(params, group)
+            else:
+                for p in params:
+                    self._adamw(p, group)
 
-    def _muon(self, p, group):
-        st = self.state[p]
-        buf = st.setdefault("momentum", torch.zeros_like(p))
-        buf.lerp_(p.grad, 1 - group["momentum"])
-        g = p.grad.lerp(buf, group["momentum"])  # Nesterov
-        g = orthogonalize(g.reshape(len(g), -1), group["ns_steps"]).view_as(p)
-        # a tall matrix's update is scaled up so that its columns move as far as a square matrix's
-        p.add_(g, alpha=-group["lr"] * max(1.0, len(p) / p[0].numel()) ** 0.5)
+    def _muon(self, params, group):
+        by_shape = {}
+        for p in params:
+            by_shape.setdefault(p.shape, []).append(p)
+        for shape, ps in by_shape.items():  # one batched Newton-Schulz per shape (17 of the cpu model's are 256^2)
+            grads = []
+            for p in ps:
+                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                grads.append(p.grad.lerp(buf, group["momentum"]))  # Nesterov
+            rows, cols = shape[0], grads[0][0].numel()
+            update = orthogonalize(torch.stack(grads).view(len(ps), rows, cols), group["ns_steps"])
+            # a tall matrix's update is scaled up so that its columns move as far as a square matrix's
+            scale = group["lr"] * max(1.0, rows / cols) ** 0.5
+            for p, u in zip(ps, update):
+                p.add_(u.view(shape), alpha=-scale)
 
     def _adamw(self, p, group):
         st = self.state[p]

@@ -203,9 +203,10 @@ def test_a_config_that_fails_every_sample_stops_with_its_reason(tok_dir, tmp_pat
 
 
 @pytest.mark.slow
-def test_resume_is_exact(tok_dir, tmp_path):
+@pytest.mark.parametrize("optim", [[], ["--matrix-lr", "0.02"]], ids=["adamw", "muon"])
+def test_resume_is_exact(tok_dir, tmp_path, optim):
     common = ["-m", "scripts.vis_tok_train", "--preset", "tiny", "--tokenizer", str(tok_dir), "--train", "all",
-              "--lr", "1e-3", *TINY]
+              "--lr", "1e-3", *optim, *TINY]
     _phase([*common, "--steps", "10", "--save-every", "100", "--out", str(tmp_path / "a")], ROOT)
     _phase([*common, "--steps", "10", "--save-every", "5", "--out", str(tmp_path / "b"),
             "--stop-after", "5"], ROOT)
@@ -217,16 +218,17 @@ def test_resume_is_exact(tok_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("text_ratio", ["0", "0.5"])
-def test_ddp_two_ranks_match_one(tok_dir, tmp_path, text_ratio):
-    """2 gloo ranks x batch 2 == 1 rank x batch 4 (same global batch, same samples)."""
+@pytest.mark.parametrize("text_ratio,optim", [("0", []), ("0.5", []), ("0", ["--matrix-lr", "0.02"])])
+def test_ddp_two_ranks_match_one(tok_dir, tmp_path, text_ratio, optim):
+    """2 gloo ranks x batch 2 == 1 rank x batch 4 (same global batch, same samples); Muon is not distributed:
+    every rank computes the same update from the same averaged gradient."""
     chat = tmp_path / "chat.jsonl"
     from nanoocr.synth import write_text_chat
     write_text_chat(chat, 50)
     common = ["-m", "scripts.vis_tok_train", "--preset", "tiny",
               "--tokenizer", str(tok_dir), "--train", "all", "--steps", "4", "--lr", "1e-3", "--synth-kinds", "line",
               "--workers", "0", "--eval-every", "1000", "--val-data", "", "--threads", "1",
-              "--text-data", str(chat), "--text-ratio", text_ratio]
+              "--text-data", str(chat), "--text-ratio", text_ratio, *optim]
     _phase([*common, "--batch-size", "4", "--out", str(tmp_path / "one")], ROOT)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     _phase(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", *common,
