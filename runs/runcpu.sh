@@ -11,9 +11,13 @@
 #   - Phase 0, a glyph warm-up: the encoder alone learns to name the characters in each vision token's cell, left
 #     to right (labels from the generator, read through the decoder's head), ~3x cheaper a sample than the full
 #     model; the fresh model's head is drawn at std 0.02, not zero (a zero head halved the probe's speed);
-#     it gets 35 % of the training time (at 20 % line CER was 43 %, at 35 % 27 %: dev/LOG.md section 5);
-#   - Phase 1, everything trains with two aids from the synthetic data: the glyph loss, and an alignment loss
-#     telling one attention head per layer (layers 0-1) which vision token holds the character being read:
+#     it gets 35 % of the training time (with Muon, 45 % was no better: dev/LOG.md section 6);
+#   - Muon (MATRIX_LR) for every weight matrix and conv filter, AdamW for embeddings, the head, norms and biases:
+#     the glyph probe learned ~2x faster per step than with AdamW alone, and the speedrun's line CER went from 27 %
+#     to 12 % (dev/LOG.md section 6);
+#   - Phase 1, everything trains, the encoder at 0.3x the lr (VISION_LR_MULT: at 1x it unlearnt glyphs, 77 -> 74 %,
+#     and line CER was 11.6 % instead of 10.3 %), with two aids from the synthetic data: the glyph loss, and an
+#     alignment loss telling one attention head per layer (layers 0-1) which vision token holds the character read:
 #     a decoder from scratch, even fed perfect glyphs, did not learn to find them in the 2D layout by itself;
 #   - 30 % of training samples are random characters (no language to guess from: only reading helps);
 #   - Phase 2 as DeepSeek's: vision frozen, projector + decoder train, text-only chat mixed in;

@@ -220,8 +220,11 @@ def test_resume_is_exact(tok_dir, tmp_path, optim):
 @pytest.mark.slow
 @pytest.mark.parametrize("text_ratio,optim", [("0", []), ("0.5", []), ("0", ["--matrix-lr", "0.02"])])
 def test_ddp_two_ranks_match_one(tok_dir, tmp_path, text_ratio, optim):
-    """2 gloo ranks x batch 2 == 1 rank x batch 4 (same global batch, same samples); Muon is not distributed:
-    every rank computes the same update from the same averaged gradient."""
+    """2 gloo ranks x batch 2 == 1 rank x batch 4 (same global batch, same samples). Muon is not distributed: each
+    rank computes the update from the same averaged gradient (the AdamW cases check that average to 1e-4). Its bf16
+    Newton-Schulz magnifies fp32 rounding differences: after 4 steps of the tiny model the weights differ by ~1e-4
+    between 1 and 2 threads and by ~8e-3 between 2 ranks and 2 accumulated micro-batches (AdamW: 1e-8 and 1e-6), so
+    with Muon this checks that the run works under torchrun and ends near the one-rank run."""
     chat = tmp_path / "chat.jsonl"
     from nanoocr.synth import write_text_chat
     write_text_chat(chat, 50)
@@ -237,7 +240,7 @@ def test_ddp_two_ranks_match_one(tok_dir, tmp_path, text_ratio, optim):
     a = load_file(tmp_path / "one" / "model" / "model.safetensors")
     b = load_file(tmp_path / "two" / "model" / "model.safetensors")
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst < 1e-4, worst  # fp32 reduction order differs between 1 and 2 ranks
+    assert worst < (2e-2 if optim else 1e-4), worst  # fp32 reduction order differs between 1 and 2 ranks
 
 
 @pytest.mark.slow

@@ -76,9 +76,8 @@ def test_conv_stem_and_normalised_compressor_learn_digits(tok_dir, tmp_path):
 
 
 def test_muon_learns_digits_through_the_decoders_head(tok_dir, tmp_path):
-    """Read through the decoder's norm + head, as the glyph loss reads (the slow read-out, dev/LOG.md), Muon for the
-    encoder's matrices and filters reaches ~XX % in 100 steps where AdamW alone stays at ~YY % (chance 10 %)."""
-    read = ("--read", "lm_head", "--head-init", "0.02")
-    acc = _probe(tok_dir, tmp_path / "muon.jsonl", ["sam.stem=conv", "sam.compressor_act=1"],
-                 read=(*read, "--muon", "0.02"), steps=100)
-    assert acc > 0.4, acc
+    """Read through the decoder's norm + head, as the glyph loss reads (the slow read-out, dev/LOG.md): with Muon for
+    the encoder's matrices and filters the probe names ~71 % of digits over steps 101-150; AdamW alone, ~42 %."""
+    read = ("--read", "lm_head", "--head-init", "0.02", "--muon", "0.02")
+    acc = _probe(tok_dir, tmp_path / "muon.jsonl", ["sam.stem=conv", "sam.compressor_act=1"], read=read, steps=150)
+    assert acc > 0.6, acc
