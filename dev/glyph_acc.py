@@ -30,7 +30,7 @@ def glyph_accuracy(model, tok, synth, n, batch_size=16, split="heldout"):
             x = torch.cat(model.encode_images(b["views"])).float()  # (n_tokens, n_embd)
         lab = b["glyphs"]
         for k in range(lab.shape[1]):
-            pred = model.glyph_logits(x, k, lab.shape[1]).argmax(-1)
+            pred = model.gpt.logits(model.glyph_features(x, k, lab.shape[1])).argmax(-1)
             sel = (lab[:, k] >= 0) & (lab[:, k] != space)
             hits[k] = hits.get(k, 0) + int((pred[sel] == lab[sel, k]).sum())
             total[k] = total.get(k, 0) + int(sel.sum())

@@ -101,8 +101,8 @@ def main():
         net = cnn(tok.vocab_size, (cfg.sizes["base"] // g).bit_length() - 1)
         params = list(net.parameters())
 
-        def logits_of(batch):  # (n*g*g, V)
-            return net(batch["views"].global_views).permute(0, 2, 3, 1).reshape(-1, tok.vocab_size)
+        def logits_of(batch):  # (n*g*g, V), no second read-out
+            return net(batch["views"].global_views).permute(0, 2, 3, 1).reshape(-1, tok.vocab_size), None
     else:
         model = NanoDeepseekOCR(cfg).init_weights()
         if args.proj_init:
@@ -117,17 +117,17 @@ def main():
         model.vision_model.embeddings.patch_embedding.requires_grad_(False)
         params = [prm for prm in model.parameters() if prm.requires_grad]
         params += list(head.parameters()) if args.read != "lm_head" else []
-        aux_head = nn.Linear(cfg.sam.out_dim, tok.vocab_size)
-        params += list(aux_head.parameters()) if args.aux_compressor else []
-        aux = {}
+        aux_head = nn.Linear(cfg.sam.out_dim, tok.vocab_size) if args.aux_compressor else None
+        params += list(aux_head.parameters()) if aux_head else []
 
-        def logits_of(batch):  # (n*g*g, V)
-            x = batch["views"].global_views
-            sam = model.sam_model(x)  # (n, C, g, g)
-            if args.aux_compressor:
-                aux["logits"] = aux_head(sam.permute(0, 2, 3, 1).reshape(-1, sam.shape[1]))
+        def logits_of(batch):  # -> (n*g*g, V) logits of the read-out, and of the compressor's aux head (or None)
+            sam = model.sam_model(batch["views"].global_views)  # (n, C, g, g)
+            cells = sam.permute(0, 2, 3, 1).reshape(-1, sam.shape[1])
+            return read_out(sam, cells), aux_head(cells) if aux_head else None
+
+        def read_out(sam, cells):
             if args.read == "compressor":
-                return head(sam.permute(0, 2, 3, 1).reshape(-1, sam.shape[1]))
+                return head(cells)
             clip = model.vision_model(patch_embeds=sam)[:, 1:]  # (n, g*g, C)
             if args.read == "clip":
                 return head(clip.reshape(-1, clip.shape[-1]))
@@ -149,10 +149,11 @@ def main():
         batch = next(loader)
         labels = grid_labels(batch["glyphs"], batch["views"].global_views.shape[0], g, space)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            logits = logits_of(batch).float()
+            logits, aux = logits_of(batch)
+        logits = logits.float()
         loss = F.cross_entropy(logits, labels, ignore_index=-1)
-        if args.encoder != "cnn" and args.aux_compressor:
-            loss = loss + args.aux_compressor * F.cross_entropy(aux["logits"].float(), labels, ignore_index=-1)
+        if aux is not None:
+            loss = loss + args.aux_compressor * F.cross_entropy(aux.float(), labels, ignore_index=-1)
         for group in opt.param_groups:
             group.setdefault("base_lr", group["lr"])
             group["lr"] = group["base_lr"] * min(1.0, step / max(1, args.warmup))

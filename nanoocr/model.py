@@ -8,7 +8,6 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from nanoocr.clip import ClipTrunk
 from nanoocr.gpt import GPT, norm
@@ -190,12 +189,12 @@ class NanoDeepseekOCR(nn.Module):
         if vision is None or not len(glyphs):
             return self._zero_loss()
         x, slots = torch.cat(vision), glyphs.shape[1]  # (n_tokens, n_embd)
-        return sum(F.cross_entropy(self.glyph_logits(x, k, slots), glyphs[:, k], ignore_index=-1, reduction=reduction)
-                   for k in range(slots))
+        return sum(self.gpt.loss(self.glyph_features(x, k, slots), glyphs[:, k], reduction) for k in range(slots))
 
-    def glyph_logits(self, x, slot, slots):
-        """(n_tokens, n_embd) vision tokens -> (n_tokens, vocab) logits of the character in `slot` of their cells."""
-        return self.gpt.logits(norm(torch.roll(x, slot * x.shape[-1] // slots, -1)))
+    def glyph_features(self, x, slot, slots):
+        """(n_tokens, n_embd) vision tokens -> what the decoder's head reads (gpt.logits / gpt.loss) to name the
+        character in `slot` of their cells."""
+        return norm(torch.roll(x, slot * x.shape[-1] // slots, -1))
 
     def set_trainable(self, parts):
         """requires_grad by part (PARTS); CLIP's pixel conv stays frozen whatever the parts, since DeepEncoder
