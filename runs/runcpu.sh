@@ -51,6 +51,8 @@ P2_SHARE="${P2_SHARE:-8}"
 P0_STEPS="${P0_STEPS:-3000}"
 P0_BATCH="${P0_BATCH:-16}"
 P0_LR="${P0_LR:-2e-3}"
+P0_KINDS="${P0_KINDS:-paragraph:1}"
+P0_SYNTH_SET="${P0_SYNTH_SET:-random_text=0.7 paragraph_lines=5,8}"
 P1_STEPS="${P1_STEPS:-10000}"
 P2_STEPS="${P2_STEPS:-1000}"
 BATCH="${BATCH:-8}"
@@ -83,7 +85,7 @@ stage data python -m nanoocr.cli synth --out "$BASE/data/heldout_random" --n "$E
 stage data python -m nanoocr.cli synth --out "$BASE/data/text_chat.jsonl" --text-chat 2000
 stage tokenizer python -m scripts.tok_train --vocab-size "$VOCAB" --out "$BASE/tokenizer"
 stage phase0 python -m scripts.vis_tok_train --preset "$PRESET" --tokenizer "$BASE/tokenizer" --train all \
-    --data synth --synth-kinds "$KINDS" --synth-set $SYNTH_SET --steps "$P0_STEPS" --batch-size "$P0_BATCH" \
+    --data synth --synth-kinds "$P0_KINDS" --synth-set $P0_SYNTH_SET --steps "$P0_STEPS" --batch-size "$P0_BATCH" \
     --lr "$P0_LR" --matrix-lr "$MATRIX_LR" $(budget "$P0_SHARE") --head-init 0.02 --glyph-weight 1 --glyph-only --dtype "$DTYPE" --val-data "" \
     --workers "$WORKERS" --save-every "$EVAL_EVERY" --out "$BASE/phase0"
 stage phase1 python -m scripts.vis_tok_train --model "$BASE/phase0/model" --train "$P1_TRAIN" \
