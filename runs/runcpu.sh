@@ -11,15 +11,20 @@
 #   - Phase 0, a glyph warm-up: the encoder alone learns to name the characters in each vision token's cell, left
 #     to right (labels from the generator, read through the decoder's head), ~3x cheaper a sample than the full
 #     model; the fresh model's head is drawn at std 0.02, not zero (a zero head halved the probe's speed);
-#     it gets 35 % of the training time (with Muon, 45 % was no better: dev/LOG.md section 6);
+#     it gets 35 % of the training time (with Muon, 45 % was no better: dev/LOG.md section 6). It draws
+#     paragraphs of 5-8 lines, 70 % of them random characters (P0_KINDS, P0_SYNTH_SET): a view full of text has
+#     ~2x the glyph labels of the usual mix at the same cost, and random text shows the rare glyphs; 400 steps
+#     then name 77.5 % of held-out random characters instead of 61 % (dev/LOG.md section 7);
 #   - Muon (MATRIX_LR) for every weight matrix and conv filter, AdamW for embeddings, the head, norms and biases:
 #     the glyph probe learned ~2x faster per step than with AdamW alone, and the speedrun's line CER went from 27 %
 #     to 12 % (dev/LOG.md section 6);
 #   - Phase 1, everything trains, the encoder at 0.3x the lr (VISION_LR_MULT: at 1x it unlearnt glyphs, 77 -> 74 %,
-#     and line CER was 11.6 % instead of 10.3 %), with two aids from the synthetic data: the glyph loss, and an
+#     and line CER was 11.6 % instead of 10.3 %; frozen SAM + compressor, as in DeepSeek's second stage, fit 17 %
+#     more steps but read lines worse, 13.3 %), with two aids from the synthetic data: the glyph loss, and an
 #     alignment loss telling one attention head per layer (layers 0-1) which vision token holds the character read:
 #     a decoder from scratch, even fed perfect glyphs, did not learn to find them in the 2D layout by itself;
-#   - 30 % of training samples are random characters (no language to guess from: only reading helps);
+#   - 40 % of Phase 1 and 2 samples are random characters (no language to guess from: only reading helps), and
+#     paragraphs have 3-8 lines (more text read per image encoded; the held-out paragraphs have 3-6);
 #   - Phase 2 as DeepSeek's: vision frozen, projector + decoder train, text-only chat mixed in;
 #   - bf16 autocast on CPU (1.5x the steps of fp32 here, same loss); a byte-level tokenizer (VOCAB=271 = 256
 #     bytes + 15 specials): one token per character is what a decoder from scratch learns to copy fastest.
@@ -56,7 +61,7 @@ P0_SYNTH_SET="${P0_SYNTH_SET:-random_text=0.7 paragraph_lines=5,8}"
 P1_STEPS="${P1_STEPS:-10000}"
 P2_STEPS="${P2_STEPS:-1000}"
 BATCH="${BATCH:-8}"
-P1_TRAIN="${P1_TRAIN:-clip,projector,gpt}"
+P1_TRAIN="${P1_TRAIN:-all}"
 P1_LR="${P1_LR:-1e-3}"
 MATRIX_LR="${MATRIX_LR:-0.02}"
 P2_MATRIX_LR="${P2_MATRIX_LR:-0.01}"
