@@ -11,7 +11,8 @@
 #   - Phase 0, a glyph warm-up: the encoder alone learns to name the characters in each vision token's cell, left
 #     to right (labels from the generator, read through the decoder's head), ~3x cheaper a sample than the full
 #     model; the fresh model's head is drawn at std 0.02, not zero (a zero head halved the probe's speed);
-#     it gets 35 % of the training time (with Muon, 45 % was no better: dev/LOG.md section 6). It draws
+#     it gets 25 % of the training time (35 and 45 % gave the encoder more glyphs but the decoder fewer steps to learn
+#     to use them: random CER 25-27 % at 35 %, 22-25 % at 25 %; dev/LOG.md sections 6, 7). It draws
 #     paragraphs of 5-8 lines, 70 % of them random characters (P0_KINDS, P0_SYNTH_SET): a view full of text has
 #     ~2x the glyph labels of the usual mix at the same cost, and random text shows the rare glyphs; 400 steps
 #     then name 77.5 % of held-out random characters instead of 61 % (dev/LOG.md section 7);
@@ -20,12 +21,16 @@
 #     to 12 % (dev/LOG.md section 6);
 #   - Phase 1, everything trains, the encoder at 0.3x the lr (VISION_LR_MULT: at 1x it unlearnt glyphs, 77 -> 74 %,
 #     and line CER was 11.6 % instead of 10.3 %; frozen SAM + compressor, as in DeepSeek's second stage, fit 17 %
-#     more steps but read lines worse, 13.3 %), with two aids from the synthetic data: the glyph loss, and an
+#     more steps but read lines worse, 13.3 %), with two aids from the synthetic data: the glyph loss (GLYPH_WEIGHT 3:
+#     at 1, the first 250 steps cost the encoder 5 points of the glyphs it named, at 3 only 2), and an
 #     alignment loss telling one attention head per layer (layers 0-1) which vision token holds the character read:
 #     a decoder from scratch, even fed perfect glyphs, did not learn to find them in the 2D layout by itself;
 #   - 40 % of Phase 1 and 2 samples are random characters (no language to guess from: only reading helps), and
 #     paragraphs have 3-8 lines (more text read per image encoded; the held-out paragraphs have 3-6);
-#   - Phase 2 as DeepSeek's: vision frozen, projector + decoder train, text-only chat mixed in;
+#   - Phase 2 as DeepSeek's: vision frozen, projector + decoder train, text-only chat mixed in; at a tenth of Phase 1's
+#     lr (P2_LR, P2_MATRIX_LR): restarting at half of it undid Phase 1's finish (line CER 9.2 -> 11.4 %, paragraph
+#     13.1 -> 16.3 %); at a tenth they stay where Phase 1 left them (9.2 / 13.6 %) and bits per byte on prose
+#     still fall, 5.8 -> 3.3;
 #   - bf16 autocast on CPU (1.5x the steps of fp32 here, same loss); a byte-level tokenizer (VOCAB=271 = 256
 #     bytes + 15 specials): one token per character is what a decoder from scratch learns to copy fastest.
 # Artefacts: $NANOOCR_BASE_DIR/cpu-speedrun/ (default base ~/.cache/nanoocr): model/ (use as --model), report.md
@@ -51,8 +56,8 @@ VOCAB="${VOCAB:-271}"
 MINUTES="${MINUTES:-29}"
 EVAL_RESERVE="${EVAL_RESERVE:-170}"
 P0_SHARE="${P0_SHARE:-25}"
-P1_SHARE="${P1_SHARE:-67}"
-P2_SHARE="${P2_SHARE:-8}"
+P1_SHARE="${P1_SHARE:-69}"
+P2_SHARE="${P2_SHARE:-6}"
 P0_STEPS="${P0_STEPS:-3000}"
 P0_BATCH="${P0_BATCH:-16}"
 P0_LR="${P0_LR:-2e-3}"
@@ -64,13 +69,14 @@ BATCH="${BATCH:-8}"
 P1_TRAIN="${P1_TRAIN:-all}"
 P1_LR="${P1_LR:-1e-3}"
 MATRIX_LR="${MATRIX_LR:-0.02}"
-P2_MATRIX_LR="${P2_MATRIX_LR:-0.01}"
-GLYPH_WEIGHT="${GLYPH_WEIGHT:-1}"
+P2_MATRIX_LR="${P2_MATRIX_LR:-0.002}"
+GLYPH_WEIGHT="${GLYPH_WEIGHT:-3}"
+P2_GLYPH_WEIGHT="${P2_GLYPH_WEIGHT:-1}"
 ALIGN_WEIGHT="${ALIGN_WEIGHT:-1}"
 SYNTH_SET="${SYNTH_SET:-random_text=0.4 paragraph_lines=3,8}"
 DTYPE="${DTYPE:-bf16}"
 VISION_LR_MULT="${VISION_LR_MULT:-0.3}"
-P2_LR="${P2_LR:-5e-4}"
+P2_LR="${P2_LR:-1e-4}"
 KINDS="${KINDS:-line:1,paragraph:2}"
 EVAL_N="${EVAL_N:-100}"
 WORKERS="${WORKERS:-1}"
@@ -100,7 +106,7 @@ stage phase1 python -m scripts.vis_tok_train --model "$BASE/phase0/model" --trai
 stage phase2 python -m scripts.vis_mid_train --model "$BASE/phase1/model" \
     --resume-from-deepencoder "$BASE/phase1/deepencoder.safetensors" --data synth --synth-kinds "$KINDS" \
     --synth-set $SYNTH_SET --text-data "$BASE/data/text_chat.jsonl" --text-ratio 0.1 --steps "$P2_STEPS" \
-    --batch-size "$BATCH" --lr "$P2_LR" --matrix-lr "$P2_MATRIX_LR" $(budget "$P2_SHARE") --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
+    --batch-size "$BATCH" --lr "$P2_LR" --matrix-lr "$P2_MATRIX_LR" $(budget "$P2_SHARE") --glyph-weight "$P2_GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
     --dtype "$DTYPE" --workers "$WORKERS" --eval-every "$EVAL_EVERY" --save-every "$EVAL_EVERY" --out "$BASE/phase2"
 rm -rf "$BASE/model" && cp -r "$BASE/phase2/model" "$BASE/model"
 COMPARE=()
