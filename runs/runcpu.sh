@@ -53,7 +53,7 @@ VOCAB="${VOCAB:-271}"
 # the run is sized by wall clock: after the install, what is left of MINUTES (less EVAL_RESERVE seconds for the
 # evaluation and the phases' start-up) goes P0_SHARE / P1_SHARE / P2_SHARE % to Phase 0 / 1 / 2, and each phase
 # runs the steps that fit in its share on this machine (--time-budget), at most *_STEPS. MINUTES=0: the *_STEPS.
-MINUTES="${MINUTES:-29}"
+MINUTES="${MINUTES:-30}"
 EVAL_RESERVE="${EVAL_RESERVE:-170}"
 P0_SHARE="${P0_SHARE:-25}"
 P1_SHARE="${P1_SHARE:-69}"
