@@ -21,7 +21,7 @@
 #     to 12 % (dev/LOG.md section 6);
 #   - Phase 1, everything trains, the encoder at 0.3x the lr (VISION_LR_MULT: at 1x it unlearnt glyphs, 77 -> 74 %,
 #     and line CER was 11.6 % instead of 10.3 %; frozen SAM + compressor, as in DeepSeek's second stage, fit 17 %
-#     more steps but read lines worse, 13.3 %), with two aids from the synthetic data: the glyph loss (GLYPH_WEIGHT 3:
+#     more steps but read lines worse, 13.3 %), with two aids from the synthetic data: the glyph loss (P1_GLYPH_WEIGHT 3:
 #     at 1, the first 250 steps cost the encoder 5 points of the glyphs it named, at 3 only 2), and an
 #     alignment loss telling one attention head per layer (layers 0-1) which vision token holds the character read:
 #     a decoder from scratch, even fed perfect glyphs, did not learn to find them in the 2D layout by itself;
@@ -70,7 +70,7 @@ P1_TRAIN="${P1_TRAIN:-all}"
 P1_LR="${P1_LR:-1e-3}"
 MATRIX_LR="${MATRIX_LR:-0.02}"
 P2_MATRIX_LR="${P2_MATRIX_LR:-0.002}"
-GLYPH_WEIGHT="${GLYPH_WEIGHT:-3}"
+P1_GLYPH_WEIGHT="${P1_GLYPH_WEIGHT:-3}"
 P2_GLYPH_WEIGHT="${P2_GLYPH_WEIGHT:-1}"
 ALIGN_WEIGHT="${ALIGN_WEIGHT:-1}"
 SYNTH_SET="${SYNTH_SET:-random_text=0.4 paragraph_lines=3,8}"
@@ -101,7 +101,7 @@ stage phase0 python -m scripts.vis_tok_train --preset "$PRESET" --tokenizer "$BA
     --workers "$WORKERS" --save-every "$EVAL_EVERY" --out "$BASE/phase0"
 stage phase1 python -m scripts.vis_tok_train --model "$BASE/phase0/model" --train "$P1_TRAIN" \
     --data synth --synth-kinds "$KINDS" --synth-set $SYNTH_SET --steps "$P1_STEPS" --batch-size "$BATCH" \
-    --lr "$P1_LR" --matrix-lr "$MATRIX_LR" $(budget "$P1_SHARE") --vision-lr-mult "$VISION_LR_MULT" --glyph-weight "$GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
+    --lr "$P1_LR" --matrix-lr "$MATRIX_LR" $(budget "$P1_SHARE") --vision-lr-mult "$VISION_LR_MULT" --glyph-weight "$P1_GLYPH_WEIGHT" --align-weight "$ALIGN_WEIGHT" \
     --dtype "$DTYPE" --workers "$WORKERS" --eval-every "$EVAL_EVERY" --save-every "$EVAL_EVERY" --out "$BASE/phase1"
 stage phase2 python -m scripts.vis_mid_train --model "$BASE/phase1/model" \
     --resume-from-deepencoder "$BASE/phase1/deepencoder.safetensors" --data synth --synth-kinds "$KINDS" \
