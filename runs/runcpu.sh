@@ -29,8 +29,8 @@
 #     and 45 % of each are random characters (no language to guess from: only reading helps). With a third lines
 #     and 40 % random, random CER stayed at 21-22 % (two runs); lines are cheaper steps (~10 % more fit) and
 #     paragraphs had slack. Fresh clones, line / paragraph / random CER: 8.3 / 12.2 / 21.9 % (a third lines, 40 %),
-#     10.5 / 17.4 / 17.8 % (half, 50 %: lines missed), 7.5 / 13.3 / 15.0 and 9.4 / 12.1 / 17.8 % (half, 45 %, two
-#     runs; dev/LOG.md section 9);
+#     10.5 / 17.4 / 17.8 % (half, 50 %: lines missed); half, 45 %, three runs: 7.5 / 13.3 / 15.0, 9.4 / 12.1 / 17.8
+#     and 9.9 / 17.1 / 18.6 % (dev/LOG.md section 9);
 #   - Phase 2 as DeepSeek's: vision frozen, projector + decoder train, text-only chat mixed in; at a tenth of Phase 1's
 #     lr (P2_LR, P2_MATRIX_LR): restarting at half of it undid Phase 1's finish (line CER 9.2 -> 11.4 %, paragraph
 #     13.1 -> 16.3 %); at a tenth they stay where Phase 1 left them (9.2 / 13.6 %) and bits per byte on prose
